@@ -1,0 +1,490 @@
+/*
+ * config.c: ferryd's YAML configuration (libyaml's document API: the file
+ * is small and read once per start or reload, so a tree is simplest).
+ * Every key of SPEC.md is known here; a key this build does not implement
+ * yet is refused with a message that says so rather than silently ignored.
+ */
+#include "master/config.h"
+#include "net/net.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <yaml.h>
+
+typedef struct {
+    yaml_document_t *doc;
+    const char      *file;
+    char            *err;
+    size_t           errlen;
+} loader_t;
+
+static int fail(loader_t *l, const yaml_node_t *n, const char *key, const char *fmt, ...) FY_PRINTF(4, 5);
+
+static int fail(loader_t *l, const yaml_node_t *n, const char *key, const char *fmt, ...)
+{
+    va_list ap;
+    int off = snprintf(l->err, l->errlen, "%s:%lu: %s: ", l->file,
+                       n ? (unsigned long)n->start_mark.line + 1 : 0UL, key);
+    if (off < 0 || (size_t)off >= l->errlen)
+        return FY_ERR;
+    va_start(ap, fmt);
+    vsnprintf(l->err + off, l->errlen - (size_t)off, fmt, ap);
+    va_end(ap);
+    return FY_ERR;
+}
+
+static const char *scalar(const yaml_node_t *n)
+{
+    return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+static int want_scalar(loader_t *l, const yaml_node_t *n, const char *key, const char **out)
+{
+    if ((*out = scalar(n)) == NULL)
+        return fail(l, n, key, "expected a single value");
+    return FY_OK;
+}
+
+static int set_str(loader_t *l, const yaml_node_t *n, const char *key, char **dst)
+{
+    const char *s;
+    FY_GUARD(want_scalar(l, n, key, &s));
+    free(*dst);
+    if ((*dst = strdup(s)) == NULL)
+        return fail(l, n, key, "out of memory");
+    return FY_OK;
+}
+
+static int set_duration(loader_t *l, const yaml_node_t *n, const char *key, uint64_t *dst)
+{
+    const char *s;
+    FY_GUARD(want_scalar(l, n, key, &s));
+    if (fy_conf_duration(s, dst) != FY_OK)
+        return fail(l, n, key, "\"%s\" is not a duration (e.g. 500ms, 10s, 2m, 1h)", s);
+    return FY_OK;
+}
+
+static int set_uint(loader_t *l, const yaml_node_t *n, const char *key, uint64_t min, uint64_t max, uint64_t *dst)
+{
+    const char *s;
+    FY_GUARD(want_scalar(l, n, key, &s));
+    if (fy_conf_size(s, dst) != FY_OK || *dst < min || *dst > max)
+        return fail(l, n, key, "\"%s\" is not a number in %llu..%llu", s,
+                    (unsigned long long)min, (unsigned long long)max);
+    return FY_OK;
+}
+
+static int check_addr(loader_t *l, const yaml_node_t *n, const char *key, const char *s)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (fy_net_parse_addr(s, &ss, &len) != FY_OK)
+        return fail(l, n, key, "\"%s\" is not an address (HOST:PORT, [V6]:PORT)", s);
+    return FY_OK;
+}
+
+static int parse_cidr(const char *s, fy_cidr_t *c)
+{
+    char ip[64];
+    const char *slash = strchr(s, '/');
+    size_t n = slash ? (size_t)(slash - s) : strlen(s);
+    uint64_t bits;
+
+    if (n >= sizeof(ip))
+        return FY_ERR;
+    memcpy(ip, s, n);
+    ip[n] = '\0';
+    memset(c, 0, sizeof(*c));
+    if (inet_pton(AF_INET, ip, c->addr) == 1)
+        c->family = AF_INET;
+    else if (inet_pton(AF_INET6, ip, c->addr) == 1)
+        c->family = AF_INET6;
+    else
+        return FY_ERR;
+    c->bits = c->family == AF_INET ? 32 : 128;
+    if (slash != NULL) {
+        if (fy_conf_uint(slash + 1, 0, (uint64_t)c->bits, &bits) != FY_OK)
+            return FY_ERR;
+        c->bits = (int)bits;
+    }
+    return FY_OK;
+}
+
+static int load_list(loader_t *l, yaml_node_t *n, const char *key, int (*each)(loader_t *, yaml_node_t *, const char *, void *), void *arg)
+{
+    yaml_node_item_t *it;
+    if (n->type == YAML_SCALAR_NODE)
+        return each(l, n, key, arg);
+    if (n->type != YAML_SEQUENCE_NODE)
+        return fail(l, n, key, "expected a list");
+    for (it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++)
+        FY_GUARD(each(l, yaml_document_get_node(l->doc, *it), key, arg));
+    return FY_OK;
+}
+
+static int each_listen(loader_t *l, yaml_node_t *n, const char *key, void *arg)
+{
+    fy_conf_t *c = arg;
+    const char *s;
+    FY_GUARD(want_scalar(l, n, key, &s));
+    FY_GUARD(check_addr(l, n, key, s));
+    if (c->nlisten == FY_CONF_MAX_LISTEN)
+        return fail(l, n, key, "at most %d listeners", FY_CONF_MAX_LISTEN);
+    if ((c->listen[c->nlisten] = strdup(s)) == NULL)
+        return fail(l, n, key, "out of memory");
+    c->nlisten++;
+    return FY_OK;
+}
+
+static int each_route(loader_t *l, yaml_node_t *n, const char *key, void *arg)
+{
+    static const char *const names[] = {"host", "path", "header", "query", "default"};
+    fy_conf_t *c = arg;
+    const char *s;
+    int i;
+    FY_GUARD(want_scalar(l, n, key, &s));
+    for (i = 0; i < 5; i++)
+        if (strcmp(s, names[i]) == 0)
+            break;
+    if (i == 5)
+        return fail(l, n, key, "\"%s\" is not one of host, path, header, query, default", s);
+    if (c->nroute == 5)
+        return fail(l, n, key, "each method at most once");
+    c->route_order[c->nroute++] = i;
+    return FY_OK;
+}
+
+static int each_trust(loader_t *l, yaml_node_t *n, const char *key, void *arg)
+{
+    fy_conf_t *c = arg;
+    const char *s;
+    FY_GUARD(want_scalar(l, n, key, &s));
+    if (c->ntrust == FY_CONF_MAX_TRUST)
+        return fail(l, n, key, "at most %d entries", FY_CONF_MAX_TRUST);
+    if (parse_cidr(s, &c->trust[c->ntrust]) != FY_OK)
+        return fail(l, n, key, "\"%s\" is not an address or CIDR", s);
+    c->ntrust++;
+    return FY_OK;
+}
+
+static int each_token(loader_t *l, yaml_node_t *n, const char *key, void *arg)
+{
+    ((fy_conf_t *)arg)->auth_ntokens++;
+    return FY_OK;
+}
+
+typedef int (*section_fn)(loader_t *, fy_conf_t *, const char *key, yaml_node_t *val);
+
+static int walk_map(loader_t *l, fy_conf_t *c, yaml_node_t *map, const char *what, section_fn fn)
+{
+    yaml_node_pair_t *p;
+    if (map->type != YAML_MAPPING_NODE)
+        return fail(l, map, what, "expected a mapping of keys");
+    for (p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = yaml_document_get_node(l->doc, p->key);
+        yaml_node_t *v = yaml_document_get_node(l->doc, p->value);
+        const char *ks = scalar(k);
+        if (ks == NULL)
+            return fail(l, k, what, "keys must be plain words");
+        FY_GUARD(fn(l, c, ks, v));
+    }
+    return FY_OK;
+}
+
+static int limits_key(loader_t *l, fy_conf_t *c, const char *k, yaml_node_t *v)
+{
+    if (!strcmp(k, "max_tunnels"))
+        return set_uint(l, v, "limits.max_tunnels", 1, 1u << 24, &c->limits.max_tunnels);
+    if (!strcmp(k, "max_header_bytes"))
+        return set_uint(l, v, "limits.max_header_bytes", 1024, 1u << 20, &c->limits.max_header_bytes);
+    if (!strcmp(k, "max_headers"))
+        return set_uint(l, v, "limits.max_headers", 8, 1000, &c->limits.max_headers);
+    if (!strcmp(k, "max_streams_per_tunnel"))
+        return set_uint(l, v, "limits.max_streams_per_tunnel", 1, 1u << 20, &c->limits.max_streams_per_tunnel);
+    if (!strcmp(k, "header_timeout"))
+        return set_duration(l, v, "limits.header_timeout", &c->limits.header_timeout);
+    if (!strcmp(k, "body_timeout"))
+        return set_duration(l, v, "limits.body_timeout", &c->limits.body_timeout);
+    if (!strcmp(k, "idle_timeout"))
+        return set_duration(l, v, "limits.idle_timeout", &c->limits.idle_timeout);
+    if (!strcmp(k, "upstream_timeout"))
+        return set_duration(l, v, "limits.upstream_timeout", &c->limits.upstream_timeout);
+    if (!strcmp(k, "tunnel_wait"))
+        return set_duration(l, v, "limits.tunnel_wait", &c->limits.tunnel_wait);
+    if (!strcmp(k, "drain_timeout"))
+        return set_duration(l, v, "limits.drain_timeout", &c->limits.drain_timeout);
+    return fail(l, v, k, "unknown key in limits");
+}
+
+static int auth_key(loader_t *l, fy_conf_t *c, const char *k, yaml_node_t *v)
+{
+    if (!strcmp(k, "key"))
+        return set_str(l, v, "auth.key", &c->auth_key);
+    if (!strcmp(k, "revoked"))
+        return set_str(l, v, "auth.revoked", &c->auth_revoked);
+    if (!strcmp(k, "tokens"))
+        return load_list(l, v, "auth.tokens", each_token, c);
+    return fail(l, v, k, "unknown key in auth");
+}
+
+static int log_key(loader_t *l, fy_conf_t *c, const char *k, yaml_node_t *v)
+{
+    const char *s;
+    if (!strcmp(k, "file"))
+        return set_str(l, v, "log.file", &c->log_file);
+    if (!strcmp(k, "format")) {
+        FY_GUARD(want_scalar(l, v, "log.format", &s));
+        if (strcmp(s, "text") && strcmp(s, "json"))
+            return fail(l, v, "log.format", "\"%s\" is not text or json", s);
+        c->log_json = strcmp(s, "json") == 0;
+        return FY_OK;
+    }
+    return fail(l, v, k, "unknown key in log");
+}
+
+static int path_value(loader_t *l, yaml_node_t *v, const char *key, char **dst)
+{
+    size_t n;
+    FY_GUARD(set_str(l, v, key, dst));
+    n = strlen(*dst);
+    if (n < 2 || (*dst)[0] != '/' || (*dst)[n - 1] == '/' || strpbrk(*dst, "?# \t") != NULL)
+        return fail(l, v, key, "\"%s\" must start with / and not end with one", *dst);
+    return FY_OK;
+}
+
+static int top_key(loader_t *l, fy_conf_t *c, const char *k, yaml_node_t *v)
+{
+    const char *s;
+    bool b;
+
+    if (!strcmp(k, "listen")) {
+        while (c->nlisten > 0)
+            free(c->listen[--c->nlisten]);
+        return load_list(l, v, "listen", each_listen, c);
+    }
+    if (!strcmp(k, "admin")) {
+        FY_GUARD(set_str(l, v, "admin", &c->admin));
+        return c->admin[0] ? check_addr(l, v, "admin", c->admin) : FY_OK;
+    }
+    if (!strcmp(k, "domain")) {
+        FY_GUARD(set_str(l, v, "domain", &c->domain));
+        if (c->domain[0] == '\0' || strpbrk(c->domain, "/:? \t") != NULL)
+            return fail(l, v, "domain", "\"%s\" is not a domain name", c->domain);
+        for (char *p = c->domain; *p; p++)
+            if (*p >= 'A' && *p <= 'Z')
+                *p = (char)(*p | 0x20);
+        return FY_OK;
+    }
+    if (!strcmp(k, "agent_path"))
+        return path_value(l, v, "agent_path", &c->agent_path);
+    if (!strcmp(k, "path_prefix"))
+        return path_value(l, v, "path_prefix", &c->path_prefix);
+    if (!strcmp(k, "default_tunnel")) {
+        FY_GUARD(want_scalar(l, v, "default_tunnel", &s));
+        if (s[0] == '\0') {
+            c->default_tunnel[0] = '\0';
+            return FY_OK;
+        }
+        if (fy_conf_tunnel_id(s, strlen(s), c->default_tunnel) != FY_OK)
+            return fail(l, v, "default_tunnel", "\"%s\" is not a tunnel id (1-63 of a-z 0-9 -)", s);
+        return FY_OK;
+    }
+    if (!strcmp(k, "route_order")) {
+        c->nroute = 0;
+        return load_list(l, v, "route_order", each_route, c);
+    }
+    if (!strcmp(k, "workers")) {
+        uint64_t n;
+        FY_GUARD(want_scalar(l, v, "workers", &s));
+        if (!strcmp(s, "auto")) {
+            c->workers = 0;
+            return FY_OK;
+        }
+        if (fy_conf_uint(s, 1, 256, &n) != FY_OK)
+            return fail(l, v, "workers", "\"%s\" is not auto or a number in 1..256", s);
+        c->workers = (int)n;
+        return FY_OK;
+    }
+    if (!strcmp(k, "pid"))
+        return set_str(l, v, "pid", &c->pid);
+    if (!strcmp(k, "daemon")) {
+        FY_GUARD(want_scalar(l, v, "daemon", &s));
+        if (fy_conf_bool(s, &b) != FY_OK)
+            return fail(l, v, "daemon", "\"%s\" is not true or false", s);
+        c->daemon = b;
+        return FY_OK;
+    }
+    if (!strcmp(k, "trust_forwarded_from")) {
+        c->ntrust = 0;
+        return load_list(l, v, "trust_forwarded_from", each_trust, c);
+    }
+    if (!strcmp(k, "limits"))
+        return walk_map(l, c, v, "limits", limits_key);
+    if (!strcmp(k, "auth"))
+        return walk_map(l, c, v, "auth", auth_key);
+    if (!strcmp(k, "log"))
+        return walk_map(l, c, v, "log", log_key);
+    if (!strcmp(k, "listen_tls") || !strcmp(k, "tls") || !strcmp(k, "agents_require_tls")
+        || !strcmp(k, "access") || !strcmp(k, "cluster"))
+        return fail(l, v, k, "not implemented yet in ferryd %s (see README, \"What works\")", FY_VERSION);
+    return fail(l, v, k, "unknown key");
+}
+
+static fy_conf_t *defaults(void)
+{
+    fy_conf_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->listen[0] = strdup("127.0.0.1:8080");
+    c->nlisten = 1;
+    c->admin = strdup("127.0.0.1:8081");
+    c->domain = strdup("localhost");
+    c->agent_path = strdup("/_ferry/tunnel");
+    c->path_prefix = strdup("/t");
+    c->route_order[0] = FY_ROUTE_HOST;
+    c->route_order[1] = FY_ROUTE_PATH;
+    c->route_order[2] = FY_ROUTE_HEADER;
+    c->route_order[3] = FY_ROUTE_QUERY;
+    c->route_order[4] = FY_ROUTE_DEFAULT;
+    c->nroute = 5;
+    c->limits.max_tunnels = 65536;
+    c->limits.max_header_bytes = 32768;
+    c->limits.max_headers = 100;
+    c->limits.max_streams_per_tunnel = 1024;
+    c->limits.header_timeout = 10000;
+    c->limits.body_timeout = 60000;
+    c->limits.idle_timeout = 75000;
+    c->limits.upstream_timeout = 60000;
+    c->limits.tunnel_wait = 3000;
+    c->limits.drain_timeout = 30000;
+    c->log_file = strdup("stderr");
+    if (!c->listen[0] || !c->admin || !c->domain || !c->agent_path || !c->path_prefix || !c->log_file) {
+        fy_config_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+fy_conf_t *fy_config_load(const char *path, char *err, size_t errlen)
+{
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    yaml_node_t *root;
+    loader_t l = {&doc, path, err, errlen};
+    fy_conf_t *c;
+    FILE *f;
+    int rc;
+
+    if ((c = defaults()) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    if (path == NULL)
+        return c;
+    if ((f = fopen(path, "r")) == NULL) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        fy_config_free(c);
+        return NULL;
+    }
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_file(&parser, f);
+    if (!yaml_parser_load(&parser, &doc)) {
+        snprintf(err, errlen, "%s:%lu: invalid YAML: %s", path,
+                 (unsigned long)parser.problem_mark.line + 1, parser.problem ? parser.problem : "?");
+        yaml_parser_delete(&parser);
+        fclose(f);
+        fy_config_free(c);
+        return NULL;
+    }
+    root = yaml_document_get_root_node(&doc);
+    rc = FY_OK;
+    if (root != NULL && !(root->type == YAML_SCALAR_NODE && root->data.scalar.length == 0))
+        rc = walk_map(&l, c, root, "(top)", top_key);
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    fclose(f);
+    if (rc != FY_OK) {
+        fy_config_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+int fy_config_check(const fy_conf_t *c, char *err, size_t errlen)
+{
+    bool auth = c->auth_key != NULL || c->auth_ntokens > 0;
+    int i;
+
+    if (c->nlisten == 0) {
+        snprintf(err, errlen, "listen: at least one listener is needed");
+        return FY_ERR;
+    }
+    if (auth) {
+        snprintf(err, errlen, "auth: agent token verification is not implemented yet in ferryd %s; "
+                 "run on loopback listeners without auth (see README, \"What works\")", FY_VERSION);
+        return FY_ERR;
+    }
+    for (i = 0; i < c->nlisten; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len;
+        if (fy_net_parse_addr(c->listen[i], &ss, &len) != FY_OK)
+            continue;
+        if (!fy_net_is_loopback((struct sockaddr *)&ss)) {
+            snprintf(err, errlen, "listen: %s is not a loopback address and agent auth is off: "
+                     "anyone could claim a tunnel; configure auth (auth.key or auth.tokens) "
+                     "or listen on 127.0.0.1/::1 only", c->listen[i]);
+            return FY_ERR;
+        }
+    }
+    return FY_OK;
+}
+
+void fy_config_free(fy_conf_t *c)
+{
+    int i;
+    if (c == NULL)
+        return;
+    for (i = 0; i < c->nlisten; i++)
+        free(c->listen[i]);
+    free(c->admin);
+    free(c->domain);
+    free(c->agent_path);
+    free(c->path_prefix);
+    free(c->pid);
+    free(c->auth_key);
+    free(c->auth_revoked);
+    free(c->log_file);
+    free(c);
+}
+
+bool fy_config_trusted(const fy_conf_t *c, const struct sockaddr *sa)
+{
+    const uint8_t *a;
+    int fam, i;
+
+    if (sa->sa_family == AF_INET) {
+        a = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
+        fam = AF_INET;
+    } else if (sa->sa_family == AF_INET6) {
+        a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+        fam = AF_INET6;
+    } else {
+        return false;
+    }
+    for (i = 0; i < c->ntrust; i++) {
+        const fy_cidr_t *r = &c->trust[i];
+        int full = r->bits / 8, rem = r->bits % 8;
+        if (r->family != fam || memcmp(a, r->addr, (size_t)full) != 0)
+            continue;
+        if (rem == 0 || ((a[full] ^ r->addr[full]) & (0xff << (8 - rem))) == 0)
+            return true;
+    }
+    return false;
+}

@@ -1,0 +1,357 @@
+/*
+ * main.c: ferryd's entry point and master process. The master parses the
+ * command line and config, opens the listen sockets, forks the worker and
+ * then only supervises it through a signalfd: it never touches client
+ * traffic (DESIGN.md "Processes").
+ */
+#include "fy.h"
+#include "ev/ev.h"
+#include "log/log.h"
+#include "master/config.h"
+#include "net/net.h"
+#include "worker/worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+typedef struct {
+    fy_conf_t  *conf;
+    const char *conf_path;
+    const char *pid_path;
+    fy_ev_t    *ev;
+    fy_io_t     sigio;
+    fy_timer_t  respawn_timer;
+    int         fds[FY_CONF_MAX_LISTEN + 1];
+    int         ports[FY_CONF_MAX_LISTEN + 1];
+    bool        admin[FY_CONF_MAX_LISTEN + 1];
+    int         nfds;
+    pid_t       worker;
+    uint64_t    worker_started;
+    unsigned    restarts;
+    bool        stopping;
+    int         log_fd;
+} master_t;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: ferryd [-c FILE] [-p PIDFILE]        run the relay\n"
+            "       ferryd -t [-c FILE]                  test the configuration\n"
+            "       ferryd -s reload|quit|stop|reopen|upgrade [-p PIDFILE] [-c FILE]\n"
+            "       ferryd token --tunnel PATTERN [--expires 30d] [-c FILE]\n"
+            "       ferryd keygen -o FILE\n"
+            "       ferryd hash-password\n"
+            "       ferryd -v                            print the version\n");
+}
+
+static int open_log(master_t *m)
+{
+    const char *f = m->conf->log_file;
+    int fd;
+
+    if (f == NULL || !strcmp(f, "stderr")) {
+        m->log_fd = 2;
+    } else if (!strcmp(f, "stdout")) {
+        m->log_fd = 1;
+    } else {
+        if ((fd = open(f, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640)) < 0) {
+            fprintf(stderr, "ferryd: log.file %s: %s\n", f, strerror(errno));
+            return FY_ERR;
+        }
+        if (m->log_fd > 2)
+            close(m->log_fd);
+        m->log_fd = fd;
+    }
+    fy_log_set_fd(m->log_fd);
+    return FY_OK;
+}
+
+static int open_listeners(master_t *m)
+{
+    int i;
+    for (i = 0; i <= m->conf->nlisten; i++) {
+        const char *a = i < m->conf->nlisten ? m->conf->listen[i] : m->conf->admin;
+        struct sockaddr_storage ss;
+        socklen_t len;
+        int fd;
+
+        if (a == NULL || a[0] == '\0')
+            continue;
+        if (fy_net_parse_addr(a, &ss, &len) != FY_OK) {
+            fprintf(stderr, "ferryd: %s: not an address\n", a);
+            return FY_ERR;
+        }
+        if ((fd = fy_net_listen(&ss, len, 4096)) < 0) {
+            fprintf(stderr, "ferryd: cannot listen on %s: %s\n", a, strerror(errno));
+            return FY_ERR;
+        }
+        m->fds[m->nfds] = fd;
+        m->ports[m->nfds] = fy_net_port((struct sockaddr *)&ss);
+        m->admin[m->nfds] = i == m->conf->nlisten;
+        m->nfds++;
+    }
+    return FY_OK;
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static void spawn_worker(master_t *m)
+{
+    pid_t pid = fork();
+    if (pid < 0) {
+        fy_log(FY_LOG_ERR, errno, "fork");
+        fy_timer_arm(m->ev, &m->respawn_timer, 1000);
+        return;
+    }
+    if (pid == 0) {
+        /* The worker does not need the master's signalfd or loop. */
+        close(m->sigio.fd);
+        _exit(fy_worker_main(m->conf, 0, m->fds, m->ports, m->admin, m->nfds));
+    }
+    m->worker = pid;
+    m->worker_started = fy_ev_now(m->ev);
+}
+
+static void on_respawn(fy_ev_t *ev, fy_timer_t *t)
+{
+    master_t *m = t->data;
+    if (!m->stopping && m->worker == 0)
+        spawn_worker(m);
+}
+
+static void reap(master_t *m)
+{
+    int status;
+    pid_t pid;
+
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (pid != m->worker)
+            continue;
+        m->worker = 0;
+        if (m->stopping) {
+            fy_ev_stop(m->ev);
+            continue;
+        }
+        if (WIFSIGNALED(status))
+            fy_log_err("worker %d killed by signal %d; starting a new one", (int)pid, WTERMSIG(status));
+        else
+            fy_log_err("worker %d exited with status %d; starting a new one", (int)pid, WEXITSTATUS(status));
+        m->restarts++;
+        /* A worker that dies at once would otherwise be forked in a loop. */
+        if (fy_ev_now(m->ev) - m->worker_started < 1000)
+            fy_timer_arm(m->ev, &m->respawn_timer, 500);
+        else
+            spawn_worker(m);
+    }
+}
+
+static void on_signal(fy_ev_t *ev, fy_io_t *io, uint32_t events)
+{
+    master_t *m = io->data;
+    struct signalfd_siginfo si;
+
+    while (read(io->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        switch (si.ssi_signo) {
+        case SIGCHLD:
+            reap(m);
+            break;
+        case SIGTERM:
+        case SIGINT:
+        case SIGQUIT:
+            fy_log_info("%s: %s shutdown", strsignal((int)si.ssi_signo),
+                        si.ssi_signo == SIGQUIT ? "graceful" : "fast");
+            m->stopping = true;
+            if (m->worker > 0)
+                kill(m->worker, si.ssi_signo == SIGQUIT ? SIGQUIT : SIGTERM);
+            else
+                fy_ev_stop(ev);
+            break;
+        case SIGHUP:
+            fy_log_warn("SIGHUP: configuration reload is not implemented yet in this version; nothing changed");
+            break;
+        case SIGUSR1:
+            if (open_log(m) == FY_OK)
+                fy_log_info("log file reopened");
+            if (m->worker > 0)
+                kill(m->worker, SIGUSR1);
+            break;
+        default:
+            fy_log_warn("%s: not implemented yet in this version; ignored", strsignal((int)si.ssi_signo));
+            break;
+        }
+    }
+}
+
+static int write_pidfile(const char *path)
+{
+    char buf[32];
+    int fd, n;
+    if (path == NULL || path[0] == '\0')
+        return FY_OK;
+    if ((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0) {
+        fprintf(stderr, "ferryd: pidfile %s: %s\n", path, strerror(errno));
+        return FY_ERR;
+    }
+    n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+    if (write(fd, buf, (size_t)n) != n) {
+        close(fd);
+        return FY_ERR;
+    }
+    close(fd);
+    return FY_OK;
+}
+
+static int send_signal(const char *what, const char *pid_path)
+{
+    static const struct { const char *name; int sig; } sigs[] = {
+        {"reload", SIGHUP}, {"quit", SIGQUIT}, {"stop", SIGTERM}, {"reopen", SIGUSR1}, {"upgrade", SIGUSR2},
+    };
+    char buf[32];
+    size_t i;
+    ssize_t n;
+    long pid;
+    int fd;
+
+    for (i = 0; i < FY_NELEM(sigs); i++)
+        if (!strcmp(what, sigs[i].name))
+            break;
+    if (i == FY_NELEM(sigs)) {
+        fprintf(stderr, "ferryd: -s takes reload, quit, stop, reopen or upgrade, not \"%s\"\n", what);
+        return 1;
+    }
+    if (pid_path == NULL || pid_path[0] == '\0') {
+        fprintf(stderr, "ferryd: -s needs a pidfile: -p PIDFILE or pid: in the config\n");
+        return 1;
+    }
+    if ((fd = open(pid_path, O_RDONLY)) < 0) {
+        fprintf(stderr, "ferryd: %s: %s\n", pid_path, strerror(errno));
+        return 1;
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0 || (buf[n] = '\0', pid = strtol(buf, NULL, 10)) <= 0) {
+        fprintf(stderr, "ferryd: %s: no pid in it\n", pid_path);
+        return 1;
+    }
+    if (kill((pid_t)pid, sigs[i].sig) < 0) {
+        fprintf(stderr, "ferryd: signal %s to %ld: %s\n", what, pid, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    master_t m;
+    char err[1024];
+    const char *signal_name = NULL;
+    bool test = false;
+    sigset_t set;
+    int i;
+
+    memset(&m, 0, sizeof(m));
+    m.log_fd = 2;
+    if (argc > 1 && (!strcmp(argv[1], "token") || !strcmp(argv[1], "keygen") || !strcmp(argv[1], "hash-password"))) {
+        fprintf(stderr, "ferryd: %s: agent authentication is not implemented yet in ferryd %s\n", argv[1], FY_VERSION);
+        return 1;
+    }
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-v") || !strcmp(a, "--version")) {
+            printf("ferryd %s\n", FY_VERSION);
+            return 0;
+        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "-t")) {
+            test = true;
+        } else if (!strcmp(a, "-c") && i + 1 < argc) {
+            m.conf_path = argv[++i];
+        } else if (!strcmp(a, "-p") && i + 1 < argc) {
+            m.pid_path = argv[++i];
+        } else if (!strcmp(a, "-s") && i + 1 < argc) {
+            signal_name = argv[++i];
+        } else {
+            fprintf(stderr, "ferryd: unknown or incomplete argument \"%s\"\n", a);
+            usage(stderr);
+            return 1;
+        }
+    }
+    if (sodium_init() < 0) {
+        fprintf(stderr, "ferryd: libsodium failed to initialise\n");
+        return 1;
+    }
+    if ((m.conf = fy_config_load(m.conf_path, err, sizeof(err))) == NULL
+        || fy_config_check(m.conf, err, sizeof(err)) != FY_OK) {
+        fprintf(stderr, "ferryd: %s\n", err);
+        if (test)
+            fprintf(stderr, "ferryd: configuration test failed\n");
+        return 1;
+    }
+    if (m.pid_path == NULL)
+        m.pid_path = m.conf->pid;
+    if (signal_name != NULL)
+        return send_signal(signal_name, m.pid_path);
+    if (test) {
+        printf("ferryd: configuration ok\n");
+        return 0;
+    }
+    if (m.conf->daemon) {
+        fprintf(stderr, "ferryd: daemon: true is not implemented yet; run under systemd or with daemon: false\n");
+        return 1;
+    }
+    if (m.conf->workers != 1)
+        m.conf->workers = 1;   /* handing connections between workers comes with the shm table */
+    raise_nofile();
+    signal(SIGPIPE, SIG_IGN);
+    if (open_log(&m) != FY_OK || open_listeners(&m) != FY_OK || write_pidfile(m.pid_path) != FY_OK)
+        return 1;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGQUIT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGUSR2);
+    sigaddset(&set, SIGWINCH);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    if ((m.ev = fy_ev_new()) == NULL || (m.sigio.fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) < 0) {
+        fprintf(stderr, "ferryd: %s\n", strerror(errno));
+        return 1;
+    }
+    m.sigio.cb = on_signal;
+    m.sigio.data = &m;
+    m.respawn_timer.cb = on_respawn;
+    m.respawn_timer.data = &m;
+    if (fy_io_set(m.ev, &m.sigio, EPOLLIN) != FY_OK)
+        return 1;
+    fy_log_info("ferryd %s: listening on %s (end users and agents), admin on %s, domain %s, 1 worker",
+                FY_VERSION, m.conf->listen[0], m.conf->admin[0] ? m.conf->admin : "(off)", m.conf->domain);
+    fy_log_info("connect an agent: ferry http 3000 --server ws://%s", m.conf->listen[0]);
+    spawn_worker(&m);
+    fy_ev_run(m.ev);
+    if (m.pid_path != NULL && m.pid_path[0] != '\0')
+        unlink(m.pid_path);
+    fy_log_info("master exiting");
+    fy_config_free(m.conf);
+    fy_ev_free(m.ev);
+    return 0;
+}

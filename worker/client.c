@@ -1,0 +1,890 @@
+/*
+ * client.c: one end-user connection. The request side reads heads, routes
+ * each request on its own (SPEC.md) and forwards head and body over the
+ * connection's stream; the response side frames what the agent sends back
+ * (RFC 9112 §6.3) so that the relay always knows where a response ends:
+ * before the next request may go to another tunnel, for HEAD and 1xx, and
+ * for 101, after which bytes flow raw both ways.
+ *
+ * Memory per connection is bounded: `in` holds at most one head plus a
+ * read's worth of body, `out` at most the stream window (the agent cannot
+ * send more than the credit we return as we write to the socket).
+ */
+#include "worker/worker.h"
+#include "log/log.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define CLIENT_READ     (16u * 1024)
+#define CLIENT_BODY_BUF (64u * 1024)   /* body/tunnel bytes read ahead of credit */
+#define CLIENT_OUT_MAX  (FY_MUX_STREAM_WINDOW + 64u * 1024)
+#define LINGER_MS       2000
+
+static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events);
+static void on_timer(fy_ev_t *ev, fy_timer_t *t);
+static void free_task(fy_ev_t *ev, fy_task_t *t);
+static void process(fy_client_t *c);
+static void flush_out(fy_client_t *c);
+static void update(fy_client_t *c);
+
+static size_t in_max(const fy_client_t *c)
+{
+    return c->w->conf->limits.max_header_bytes + CLIENT_BODY_BUF;
+}
+
+void fy_client_accept(fy_worker_t *w, fy_listener_t *l, int fd, const struct sockaddr_storage *peer)
+{
+    fy_client_t *c = calloc(1, sizeof(*c));
+
+    if (c == NULL) {
+        close(fd);
+        return;
+    }
+    c->w = w;
+    c->io.fd = fd;
+    c->io.cb = on_io;
+    c->io.data = c;
+    c->timer.cb = on_timer;
+    c->timer.data = c;
+    c->free_task.cb = free_task;
+    c->free_task.data = c;
+    c->admin = l->admin;
+    c->port = l->port;
+    c->peer = *peer;
+    fy_net_format_ip((const struct sockaddr *)peer, c->peer_ip);
+    fy_net_format((const struct sockaddr *)peer, c->peer_addr);
+    c->last_active = fy_ev_now(w->ev);
+    /* The first head must arrive within header_timeout of the accept. */
+    c->head_started = c->last_active;
+    c->next = w->clients;
+    if (w->clients)
+        w->clients->prev = c;
+    w->clients = c;
+    w->nclients++;
+    update(c);
+}
+
+/* --- responses of our own ------------------------------------------------ */
+
+static const char *reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 421: return "Misdirected Request";
+    case 431: return "Request Header Fields Too Large";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default:  return "Error";
+    }
+}
+
+void fy_client_respond(fy_client_t *c, int status, const char *ctype, const char *extra,
+                       const char *body, size_t blen, bool keep)
+{
+    char head[1024];
+    int n;
+
+    if (c->closed)
+        return;
+    n = snprintf(head, sizeof(head),
+                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
+                 status, reason(status), ctype, blen, extra ? extra : "",
+                 keep ? "" : "Connection: close\r\n");
+    if (n < 0 || (size_t)n >= sizeof(head)
+        || fy_buf_append(&c->out, head, (size_t)n, SIZE_MAX) != FY_OK
+        || fy_buf_append(&c->out, body, blen, SIZE_MAX) != FY_OK) {
+        fy_client_close(c);
+        return;
+    }
+    if (!keep) {
+        c->close_after = true;
+        c->state = FY_C_DONE;
+    }
+    flush_out(c);
+}
+
+void fy_client_error(fy_client_t *c, int status, const char *code, const char *fmt, ...)
+{
+    char body[512], extra[160];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(body, sizeof(body) - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n > sizeof(body) - 2)
+        n = (int)sizeof(body) - 2;
+    body[n++] = '\n';
+    snprintf(extra, sizeof(extra), "X-Ferry-Error: %s\r\n%s", code,
+             status == 503 ? "Retry-After: 1\r\n" : "");
+    c->w->errors[fy_error_index(code)]++;
+    fy_client_respond(c, status, "text/plain; charset=utf-8", extra, body, (size_t)n, false);
+}
+
+/* --- closing --------------------------------------------------------------- */
+
+static void unlink_client(fy_client_t *c)
+{
+    fy_worker_t *w = c->w;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->next = c->prev = NULL;
+    w->nclients--;
+}
+
+void fy_client_close(fy_client_t *c)
+{
+    if (c->closed)
+        return;
+    c->closed = true;
+    if (c->ac != NULL)
+        fy_agentconn_end_stream(c, FY_MUX_RST_CANCEL);
+    fy_io_del(c->w->ev, &c->io);
+    fy_timer_stop(c->w->ev, &c->timer);
+    if (c->io.fd >= 0)
+        close(c->io.fd);
+    c->io.fd = -1;
+    unlink_client(c);
+    fy_task_queue(c->w->ev, &c->free_task);
+}
+
+static void free_task(fy_ev_t *ev, fy_task_t *t)
+{
+    fy_client_t *c = t->data;
+    fy_buf_free(&c->in);
+    fy_buf_free(&c->out);
+    free(c);
+}
+
+int fy_client_detach_fd(fy_client_t *c)
+{
+    int fd = c->io.fd;
+    fy_io_del(c->w->ev, &c->io);
+    c->io.fd = -1;
+    fy_client_close(c);
+    return fd;
+}
+
+/*
+ * Finish a connection whose last response is written: half-close and read
+ * what the client still sends for a moment (nginx's lingering close), so an
+ * error response is not destroyed by a reset from unread request bytes.
+ */
+static void finish(fy_client_t *c)
+{
+    if (c->ac != NULL)
+        fy_agentconn_end_stream(c, FY_MUX_RST_DONE);
+    if (c->peer_eof) {
+        fy_client_close(c);
+        return;
+    }
+    shutdown(c->io.fd, SHUT_WR);
+    c->linger = true;
+    c->close_after = false;
+    c->pending = 0;
+    c->waiting_since = 0;
+    fy_buf_free(&c->in);
+    c->last_active = fy_ev_now(c->w->ev);
+    update(c);
+}
+
+/* --- the response side ----------------------------------------------------- */
+
+static void resp_done(fy_client_t *c)
+{
+    c->pending--;
+    c->head_bits >>= 1;
+    c->upgrade_bits >>= 1;
+    c->resp_started = false;
+    c->rstate = FY_R_HEAD;
+    c->waiting_since = c->pending > 0 ? fy_ev_now(c->w->ev) : 0;
+}
+
+/* Drop the unscanned tail (a bad response head) and return its credit. */
+static void drop_unscanned(fy_client_t *c)
+{
+    size_t n = c->out_unscanned;
+    c->out.wpos -= n;
+    c->out_unscanned = 0;
+    n = FY_MIN(n, c->out_credit);
+    c->out_credit -= n;
+    if (c->ac)
+        fy_tun_consumed(&c->ac->tun, c->sid, &c->credit, n);
+    if (fy_buf_len(&c->out) == 0)
+        c->out.rpos = c->out.wpos = 0;
+}
+
+static void bad_response(fy_client_t *c, const char *why)
+{
+    fy_log_warn("tunnel %s: bad response from the agent's service: %s", c->tunnel_id, why);
+    drop_unscanned(c);
+    fy_agentconn_end_stream(c, FY_MUX_RST_PROTOCOL);
+    if (c->resp_started)
+        c->close_after = true, c->state = FY_C_DONE;
+    else
+        fy_client_error(c, 502, "bad_response", "tunnel \"%s\": the service sent an invalid response: %s",
+                        c->tunnel_id, why);
+}
+
+/* Frame the bytes that arrived; returns false if the client went away. */
+static void scan_response(fy_client_t *c)
+{
+    const fy_conf_t *conf = c->w->conf;
+
+    while (c->out_unscanned > 0 && !c->closed) {
+        uint8_t *p = c->out.base + c->out.wpos - c->out_unscanned;
+        size_t n = c->out_unscanned, take;
+
+        switch (c->rstate) {
+        case FY_R_HEAD: {
+            fy_h1_header_t hdrs[128];
+            fy_h1_limits_t lim = {FY_NELEM(hdrs), conf->limits.max_header_bytes};
+            fy_h1_response_t r;
+            int rc;
+
+            if (c->pending == 0) {
+                bad_response(c, "bytes without a request");
+                return;
+            }
+            c->waiting_since = 0;
+            rc = fy_h1_parse_response((const char *)p, n, &r, hdrs, &lim, c->head_bits & 1);
+            if (rc == FY_AGAIN)
+                return;
+            if (rc < 0) {
+                bad_response(c, r.err_reason ? r.err_reason : "malformed head");
+                return;
+            }
+            c->out_unscanned -= (size_t)rc;
+            c->resp_started = true;
+            if (r.status == 101) {
+                if (!(c->upgrade_bits & 1)) {
+                    bad_response(c, "101 to a request that did not ask to upgrade");
+                    return;
+                }
+                resp_done(c);
+                c->rstate = FY_R_TUNNEL;
+                c->state = FY_C_TUNNEL;
+                break;
+            }
+            if (r.status < 200)
+                break;  /* interim: the final response follows */
+            if (c->state == FY_C_UPGRADE)
+                c->state = FY_C_HEAD;
+            if (r.flags & FY_H1_F_CLOSE)
+                c->close_after = true;
+            switch (r.body) {
+            case FY_H1_BODY_NONE:
+                resp_done(c);
+                break;
+            case FY_H1_BODY_LENGTH:
+                c->rbody_left = r.content_length;
+                c->rstate = FY_R_LENGTH;
+                if (c->rbody_left == 0)
+                    resp_done(c);
+                break;
+            case FY_H1_BODY_CHUNKED:
+                memset(&c->rchunked, 0, sizeof(c->rchunked));
+                c->rstate = FY_R_CHUNKED;
+                break;
+            case FY_H1_BODY_UNTIL_CLOSE:
+                c->rstate = FY_R_CLOSE;
+                c->close_after = true;
+                break;
+            }
+            break;
+        }
+        case FY_R_LENGTH:
+            take = (size_t)FY_MIN((uint64_t)n, c->rbody_left);
+            c->rbody_left -= take;
+            c->out_unscanned -= take;
+            if (c->rbody_left == 0)
+                resp_done(c);
+            break;
+        case FY_R_CHUNKED: {
+            ssize_t used = fy_h1_chunked_scan(&c->rchunked, (const char *)p, n);
+            if (used < 0) {
+                /* Bytes of this response went out already: cut it short. */
+                fy_log_warn("tunnel %s: bad chunked response: %s", c->tunnel_id,
+                            c->rchunked.err_reason ? c->rchunked.err_reason : "?");
+                drop_unscanned(c);
+                fy_agentconn_end_stream(c, FY_MUX_RST_PROTOCOL);
+                c->close_after = true;
+                c->state = FY_C_DONE;
+                return;
+            }
+            c->out_unscanned -= (size_t)used;
+            if (c->rchunked.done)
+                resp_done(c);
+            break;
+        }
+        case FY_R_CLOSE:
+        case FY_R_TUNNEL:
+            c->out_unscanned = 0;
+            break;
+        }
+        if (c->close_after && c->pending == 0 && c->rstate == FY_R_HEAD && c->out_unscanned > 0) {
+            bad_response(c, "bytes after a response that closes the connection");
+            return;
+        }
+    }
+}
+
+void fy_client_on_data(fy_client_t *c, const uint8_t *p, size_t n)
+{
+    if (fy_mux_credit_received(&c->credit, (uint32_t)n) != FY_OK
+        || fy_buf_append(&c->out, p, n, CLIENT_OUT_MAX) != FY_OK) {
+        fy_log_warn("tunnel %s: agent sent past the stream window", c->tunnel_id);
+        fy_tun_consumed(&c->ac->tun, 0, NULL, n);
+        fy_agentconn_end_stream(c, FY_MUX_RST_FLOW);
+        fy_client_close(c);
+        return;
+    }
+    c->out_unscanned += n;
+    c->out_credit += n;
+    c->last_active = fy_ev_now(c->w->ev);
+    if (c->ac && c->ac->tunnel)
+        c->ac->tunnel->bytes_out += n;
+    c->w->bytes_to_clients += n;
+    scan_response(c);
+    if (c->closed)
+        return;
+    flush_out(c);
+    if (!c->closed && c->state == FY_C_WAIT && c->pending == 0)
+        c->state = FY_C_HEAD;
+    process(c);
+    update(c);
+}
+
+static bool response_owed(const fy_client_t *c)
+{
+    return c->pending > 0 && !c->resp_started;
+}
+
+void fy_client_on_fin(fy_client_t *c)
+{
+    c->fin_rx = true;
+    switch (c->rstate) {
+    case FY_R_CLOSE:
+        resp_done(c);
+        c->close_after = true;
+        break;
+    case FY_R_TUNNEL:
+        break;  /* half close: shut our write side once out is flushed */
+    case FY_R_HEAD:
+        if (response_owed(c) && c->out_unscanned == 0) {
+            fy_agentconn_end_stream(c, FY_MUX_RST_DONE);
+            fy_client_error(c, 502, "upstream_closed",
+                            "tunnel \"%s\": the service closed the connection without a response", c->tunnel_id);
+            return;
+        }
+        if (c->pending == 0 && c->out_unscanned == 0) {
+            /* The service closed an idle keep-alive connection: the next
+             * request opens a new stream. */
+            fy_agentconn_end_stream(c, FY_MUX_RST_DONE);
+            if (c->state == FY_C_WAIT)
+                c->state = FY_C_HEAD;
+            process(c);
+            update(c);
+            return;
+        }
+        c->close_after = true;
+        break;
+    default:
+        c->close_after = true;  /* truncated response */
+        break;
+    }
+    flush_out(c);
+    update(c);
+}
+
+void fy_client_on_rst(fy_client_t *c, uint32_t code, const char *msg, size_t len)
+{
+    bool owed = response_owed(c) && c->out_unscanned == 0;
+
+    fy_agentconn_end_stream(c, 0);
+    if (owed) {
+        if (code == FY_MUX_RST_TIMEOUT)
+            fy_client_error(c, 504, "upstream_timeout", "tunnel \"%s\": the service did not answer in time",
+                            c->tunnel_id);
+        else
+            fy_client_error(c, 502, "upstream_refused", "tunnel \"%s\": the agent could not reach its service: %.*s",
+                            c->tunnel_id, (int)FY_MIN(len, 300), msg);
+        return;
+    }
+    if (c->pending == 0 && c->rstate == FY_R_HEAD && c->state != FY_C_TUNNEL) {
+        if (c->state == FY_C_WAIT)
+            c->state = FY_C_HEAD;
+        process(c);
+        update(c);
+        return;
+    }
+    c->close_after = true;
+    c->state = FY_C_DONE;
+    c->pending = 0;
+    flush_out(c);
+    update(c);
+}
+
+void fy_client_on_credit(fy_client_t *c)
+{
+    if (!c->blocked || c->closed)
+        return;
+    c->blocked = false;
+    process(c);
+    update(c);
+}
+
+/* --- writing to the client ------------------------------------------------- */
+
+static void flush_out(fy_client_t *c)
+{
+    while (!c->closed) {
+        size_t len = fy_buf_len(&c->out) - c->out_unscanned, credit;
+        ssize_t n;
+
+        if (len == 0)
+            break;
+        n = write(c->io.fd, fy_buf_data(&c->out), len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN)
+                return;
+            fy_client_close(c);
+            return;
+        }
+        fy_buf_consume(&c->out, (size_t)n);
+        credit = FY_MIN((size_t)n, c->out_credit);
+        c->out_credit -= credit;
+        if (c->ac != NULL && credit > 0)
+            fy_tun_consumed(&c->ac->tun, c->sid, &c->credit, credit);
+        c->last_active = fy_ev_now(c->w->ev);
+    }
+    if (c->closed || fy_buf_len(&c->out) > 0)
+        return;
+    fy_buf_release_if_empty(&c->out);
+    if (c->state == FY_C_TUNNEL && c->fin_rx) {
+        if (c->fin_tx || c->peer_eof) {
+            fy_client_close(c);
+            return;
+        }
+        shutdown(c->io.fd, SHUT_WR);
+        return;
+    }
+    if (c->close_after && (c->pending == 0 || c->state == FY_C_DONE) && c->out_unscanned == 0)
+        finish(c);
+}
+
+/* --- the request side ------------------------------------------------------ */
+
+static bool agent_path(const fy_worker_t *w, const fy_h1_request_t *req, const char **id, size_t *idl)
+{
+    const char *ap = w->conf->agent_path, *p = req->path;
+    size_t al = strlen(ap), n = req->path_len, i;
+
+    if (p == NULL || n < al || memcmp(p, ap, al) != 0)
+        return false;
+    if (n > al && p[al] != '/' && p[al] != '?')
+        return false;
+    *id = NULL;
+    *idl = 0;
+    if (n > al + 1 && p[al] == '/') {
+        for (i = al + 1; i < n && p[i] != '?' && p[i] != '/'; i++)
+            ;
+        if (i < n && p[i] == '/')
+            return false;
+        *id = p + al + 1;
+        *idl = i - al - 1;
+    }
+    return true;
+}
+
+static bool step_head(fy_client_t *c)
+{
+    fy_worker_t *w = c->w;
+    const fy_conf_t *conf = w->conf;
+    fy_h1_header_t hdrs[1000];
+    fy_h1_limits_t lim = {FY_MIN(conf->limits.max_headers, FY_NELEM(hdrs)), conf->limits.max_header_bytes};
+    fy_h1_request_t req;
+    char id[FY_ID_MAX + 1];
+    enum fy_route_via via;
+    fy_tunnel_t *t;
+    const char *aid;
+    size_t aidl, room, want;
+    uint8_t *dst;
+    ssize_t hl;
+    int rc;
+
+    if (fy_buf_len(&c->in) == 0 || c->pending >= FY_PIPELINE_MAX)
+        return false;
+    if (c->head_started == 0)
+        c->head_started = fy_ev_now(w->ev);
+    rc = fy_h1_parse_request((const char *)fy_buf_data(&c->in), fy_buf_len(&c->in), &req, hdrs, &lim);
+    if (rc == FY_AGAIN)
+        return false;
+    if (rc < 0 || c->admin || c->pending > 0) {
+        /* Anything but the next request on the same stream waits until
+         * the responses in flight are written. */
+        if (c->pending > 0) {
+            if (rc >= 0 && !c->admin && c->ac != NULL && !c->fin_rx
+                && fy_route_resolve(w, &req, id, &via) == FY_OK && strcmp(id, c->tunnel_id) == 0
+                && !agent_path(w, &req, &aid, &aidl))
+                goto forward;
+            c->state = FY_C_WAIT;
+            return false;
+        }
+        if (rc < 0) {
+            fy_client_error(c, req.err_status, req.err_code, "%s", req.err_reason);
+            return false;
+        }
+        if (req.body != FY_H1_BODY_NONE && !(req.body == FY_H1_BODY_LENGTH && req.content_length == 0)) {
+            fy_client_error(c, 400, "bad_request", "the admin API takes no request body");
+            return false;
+        }
+        fy_buf_consume(&c->in, (size_t)rc);
+        c->head_started = 0;
+        fy_admin_request(c, &req);
+        return !c->closed && c->state == FY_C_HEAD;
+    }
+    if (req.flags & FY_H1_F_CONNECT) {
+        fy_client_error(c, 405, "bad_request", "CONNECT is not supported");
+        return false;
+    }
+    if (agent_path(w, &req, &aid, &aidl) && !fy_route_host_names_tunnel(w, &req)) {
+        if (c->ac != NULL)
+            fy_agentconn_end_stream(c, FY_MUX_RST_DONE);
+        fy_agentconn_request(c, &req, aid, aidl);
+        return false;   /* c may be gone: it became an agent connection */
+    }
+    if (fy_route_resolve(w, &req, id, &via) != FY_OK) {
+        fy_client_error(c, 404, "no_tunnel", "no tunnel named in this request");
+        return false;
+    }
+    if (c->ac != NULL && (c->fin_rx || c->ac->draining || strcmp(id, c->tunnel_id) != 0))
+        fy_agentconn_end_stream(c, FY_MUX_RST_DONE);
+    if (c->ac == NULL) {
+        fy_agentconn_t *ac;
+        if ((t = fy_tunnel_find(w, id)) == NULL || (ac = fy_agentconn_pick(t)) == NULL) {
+            fy_client_error(c, 404, "tunnel_offline", "tunnel \"%s\" is not connected", id);
+            return false;
+        }
+        if (t->nstreams >= conf->limits.max_streams_per_tunnel) {
+            fy_client_error(c, 503, "tunnel_busy", "tunnel \"%s\" is at its limit of %llu streams", id,
+                            (unsigned long long)conf->limits.max_streams_per_tunnel);
+            return false;
+        }
+        strcpy(c->tunnel_id, id);
+        if (fy_agentconn_open_stream(ac, c) != FY_OK) {
+            fy_client_error(c, 502, "tunnel_error", "tunnel \"%s\": could not open a stream", id);
+            return false;
+        }
+    }
+forward:
+    /* The rewritten head goes out whole in one DATA frame. */
+    want = FY_MIN((size_t)rc + 1024 + strlen(conf->path_prefix) + 2 * FY_ADDRSTRLEN, FY_TUN_MAX_DATA);
+    room = fy_tun_data_room(&c->ac->tun, &c->credit);
+    if (room < want) {
+        c->blocked = true;
+        return false;
+    }
+    if ((dst = fy_tun_data_reserve(&c->ac->tun, want, &room)) == NULL) {
+        fy_client_close(c);
+        return false;
+    }
+    hl = fy_route_rewrite(w, c, &req, id, via, dst, room);
+    if (hl < 0) {
+        fy_client_error(c, 431, "header_too_large", "the request head is too large to forward");
+        return false;
+    }
+    fy_tun_data_commit(&c->ac->tun, c->sid, &c->credit, (size_t)hl);
+    fy_buf_consume(&c->in, (size_t)rc);
+    c->head_started = 0;
+    if (req.flags & FY_H1_F_UPGRADE)
+        c->upgrade_bits |= 1ull << c->pending;
+    if (req.method_len == 4 && memcmp(req.method, "HEAD", 4) == 0)
+        c->head_bits |= 1ull << c->pending;
+    if (c->pending++ == 0)
+        c->waiting_since = fy_ev_now(w->ev);
+    c->ac->tunnel->requests++;
+    c->ac->tunnel->bytes_in += (uint64_t)hl;
+    w->requests++;
+    if (req.flags & FY_H1_F_CLOSE)
+        c->state = FY_C_DONE, c->close_after = true;
+    if (req.body == FY_H1_BODY_CHUNKED) {
+        memset(&c->chunked, 0, sizeof(c->chunked));
+        c->body_chunked = true;
+        c->state = FY_C_BODY;
+    } else if (req.body == FY_H1_BODY_LENGTH && req.content_length > 0) {
+        c->body_chunked = false;
+        c->body_left = req.content_length;
+        c->state = FY_C_BODY;
+    } else if (req.flags & FY_H1_F_UPGRADE) {
+        c->state = FY_C_UPGRADE;
+    }
+    if ((req.flags & FY_H1_F_CLOSE) && c->state != FY_C_BODY)
+        c->state = FY_C_DONE;
+    c->close_after = c->close_after || (req.flags & FY_H1_F_CLOSE);
+    return true;
+}
+
+/* Forward what `in` holds of a body or of tunnel bytes, within credit. */
+static bool step_forward(fy_client_t *c)
+{
+    size_t len = fy_buf_len(&c->in), room, n;
+    const uint8_t *p = fy_buf_data(&c->in);
+    bool done = false;
+
+    if (len == 0 || c->ac == NULL)
+        return false;
+    room = fy_tun_data_room(&c->ac->tun, &c->credit);
+    if (room == 0) {
+        c->blocked = true;
+        return false;
+    }
+    n = FY_MIN(len, room);
+    if (c->state == FY_C_BODY) {
+        if (c->body_chunked) {
+            ssize_t used = fy_h1_chunked_scan(&c->chunked, (const char *)p, n);
+            if (used < 0) {
+                fy_agentconn_end_stream(c, FY_MUX_RST_PROTOCOL);
+                c->pending = 0;
+                fy_client_error(c, 400, "bad_request", "invalid chunked body: %s",
+                                c->chunked.err_reason ? c->chunked.err_reason : "?");
+                return false;
+            }
+            n = (size_t)used;
+            done = c->chunked.done;
+        } else {
+            n = (size_t)FY_MIN((uint64_t)n, c->body_left);
+            c->body_left -= n;
+            done = c->body_left == 0;
+        }
+    }
+    if (n > 0 && fy_tun_send_data(&c->ac->tun, c->sid, &c->credit, p, n) != FY_OK) {
+        fy_client_close(c);
+        return false;
+    }
+    fy_buf_consume(&c->in, n);
+    c->ac->tunnel->bytes_in += n;
+    c->w->bytes_from_clients += n;
+    if (done)
+        c->state = c->close_after ? FY_C_DONE : FY_C_HEAD;
+    return n > 0 || done;
+}
+
+static void process(fy_client_t *c)
+{
+    for (;;) {
+        bool progress;
+        if (c->closed || c->linger)
+            return;
+        switch (c->state) {
+        case FY_C_HEAD:
+            progress = step_head(c);
+            break;
+        case FY_C_BODY:
+        case FY_C_TUNNEL:
+            progress = step_forward(c);
+            break;
+        default:
+            progress = false;
+            break;
+        }
+        if (!progress)
+            break;
+    }
+    if (c->closed)
+        return;
+    if (c->peer_eof && fy_buf_len(&c->in) == 0) {
+        if (c->state == FY_C_TUNNEL) {
+            if (!c->fin_tx && c->ac != NULL) {
+                c->fin_tx = true;
+                (void)fy_tun_send(&c->ac->tun, FY_MUX_FIN, c->sid, NULL, 0);
+            }
+            if (c->fin_rx && fy_buf_len(&c->out) == 0)
+                fy_client_close(c);
+        } else if (c->state == FY_C_BODY) {
+            fy_client_close(c);     /* the client gave up mid-body */
+        } else if (c->pending == 0 && fy_buf_len(&c->out) == 0) {
+            fy_client_close(c);
+        } else {
+            c->state = FY_C_DONE;
+            c->close_after = true;
+        }
+    } else if (c->peer_eof && c->state == FY_C_HEAD && c->pending == 0) {
+        /* A partial head and then EOF: nothing more will come. */
+        fy_client_close(c);
+    }
+}
+
+/* --- readiness and timers --------------------------------------------------- */
+
+static bool want_read(const fy_client_t *c)
+{
+    if (c->closed || c->peer_eof)
+        return false;
+    if (c->linger)
+        return true;
+    switch (c->state) {
+    case FY_C_HEAD:
+    case FY_C_BODY:
+    case FY_C_TUNNEL:
+        return !c->blocked && fy_buf_len(&c->in) < in_max(c);
+    case FY_C_UPGRADE:
+    case FY_C_WAIT:
+        return fy_buf_len(&c->in) < in_max(c);
+    default:
+        return false;
+    }
+}
+
+static void arm_timer(fy_client_t *c)
+{
+    const fy_conf_t *conf = c->w->conf;
+    uint64_t d;
+
+    if (c->linger)
+        d = c->last_active + LINGER_MS;
+    else if (c->waiting_since != 0)
+        d = c->waiting_since + conf->limits.upstream_timeout;
+    else if (c->state == FY_C_HEAD && c->head_started != 0 && c->pending == 0)
+        d = c->head_started + conf->limits.header_timeout;
+    else if (c->state == FY_C_BODY)
+        d = c->last_active + conf->limits.body_timeout;
+    else
+        d = c->last_active + conf->limits.idle_timeout;
+    if (!fy_timer_armed(&c->timer) || c->timer.deadline != d)
+        fy_timer_arm_at(c->w->ev, &c->timer, d);
+}
+
+static void update(fy_client_t *c)
+{
+    uint32_t want;
+
+    if (c->closed)
+        return;
+    want = (want_read(c) ? EPOLLIN : 0)
+         | (fy_buf_len(&c->out) > c->out_unscanned ? EPOLLOUT : 0);
+    if (fy_io_set(c->w->ev, &c->io, want) != FY_OK) {
+        fy_client_close(c);
+        return;
+    }
+    arm_timer(c);
+}
+
+static void on_timer(fy_ev_t *ev, fy_timer_t *t)
+{
+    fy_client_t *c = t->data;
+    uint64_t now = fy_ev_now(ev);
+    const fy_conf_t *conf = c->w->conf;
+
+    if (c->closed)
+        return;
+    if (c->linger) {
+        fy_client_close(c);
+        return;
+    }
+    if (c->waiting_since != 0 && now >= c->waiting_since + conf->limits.upstream_timeout) {
+        if (!c->resp_started && c->out_unscanned == 0) {
+            fy_agentconn_end_stream(c, FY_MUX_RST_TIMEOUT);
+            fy_client_error(c, 504, "upstream_timeout", "tunnel \"%s\": no response within %llu ms",
+                            c->tunnel_id, (unsigned long long)conf->limits.upstream_timeout);
+        } else {
+            fy_client_close(c);
+        }
+        return;
+    }
+    if (c->state == FY_C_HEAD && c->head_started != 0 && c->pending == 0
+        && now >= c->head_started + conf->limits.header_timeout) {
+        if (fy_buf_len(&c->in) > 0)
+            fy_client_error(c, 408, "header_timeout", "the request head did not arrive within %llu ms",
+                            (unsigned long long)conf->limits.header_timeout);
+        else
+            fy_client_close(c);   /* an idle connection: nothing to answer */
+        return;
+    }
+    if (c->state == FY_C_BODY && now >= c->last_active + conf->limits.body_timeout) {
+        fy_agentconn_end_stream(c, FY_MUX_RST_CANCEL);
+        c->pending = 0;
+        fy_client_error(c, 408, "body_timeout", "no request body byte within %llu ms",
+                        (unsigned long long)conf->limits.body_timeout);
+        return;
+    }
+    if (now >= c->last_active + conf->limits.idle_timeout) {
+        fy_client_close(c);
+        return;
+    }
+    arm_timer(c);
+}
+
+static void read_in(fy_client_t *c)
+{
+    ssize_t n;
+
+    if (c->linger) {
+        uint8_t sink[4096];
+        n = read(c->io.fd, sink, sizeof(sink));
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+            fy_client_close(c);
+        return;
+    }
+    if (fy_buf_reserve(&c->in, CLIENT_READ, in_max(c)) != FY_OK
+        && fy_buf_reserve(&c->in, 1, in_max(c)) != FY_OK)
+        return;
+    n = read(c->io.fd, fy_buf_end(&c->in), fy_buf_room(&c->in));
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EINTR)
+            fy_client_close(c);
+        return;
+    }
+    if (n == 0) {
+        c->peer_eof = true;
+        return;
+    }
+    c->in.wpos += (size_t)n;
+    c->last_active = fy_ev_now(c->w->ev);
+    if (c->state == FY_C_HEAD && c->head_started == 0)
+        c->head_started = c->last_active;
+}
+
+static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
+{
+    fy_client_t *c = io->data;
+
+    if (c->closed)
+        return;
+    if (events & EPOLLOUT)
+        flush_out(c);
+    if (!c->closed && (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && want_read(c)) {
+        read_in(c);
+        if (!c->closed)
+            process(c);
+    }
+    /* A reset or fully closed peer: level-triggered epoll would report it
+     * forever, and nothing can be written to it any more. */
+    if (!c->closed && (events & (EPOLLHUP | EPOLLERR)))
+        fy_client_close(c);
+    update(c);
+}

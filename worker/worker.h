@@ -1,0 +1,210 @@
+/*
+ * worker.h: a ferryd worker: one epoll loop that accepts end users and
+ * agents, routes each request to its tunnel and carries it over the agent's
+ * tunnel connection. This build runs one worker; the tunnel table is local
+ * to it (worker/tunnels.c) until the shared-memory table of DESIGN.md lands.
+ *
+ * Objects:
+ *   fy_tunnel_t     a tunnel id, held by one agent session, 1..4 connections
+ *   fy_agentconn_t  one agent WebSocket (a fy_tun_t) and the streams on it
+ *   fy_client_t     one end-user connection; while it talks to a tunnel it
+ *                   is also that stream (one stream per end-user connection)
+ */
+#ifndef FY_WORKER_H
+#define FY_WORKER_H
+
+#include "fy.h"
+#include "buf/buf.h"
+#include "conf/conf.h"
+#include "ev/ev.h"
+#include "http1/http1.h"
+#include "master/config.h"
+#include "net/net.h"
+#include "tun/tun.h"
+
+#include <sys/socket.h>
+
+#define FY_TUNNEL_MAX_CONNS 4
+#define FY_SESSION_MAX 64
+#define FY_PIPELINE_MAX 64        /* requests in flight on one connection (bits of a u64) */
+
+typedef struct fy_worker_s fy_worker_t;
+typedef struct fy_tunnel_s fy_tunnel_t;
+typedef struct fy_agentconn_s fy_agentconn_t;
+typedef struct fy_client_s fy_client_t;
+typedef struct fy_listener_s fy_listener_t;
+
+struct fy_listener_s {
+    fy_io_t       io;
+    fy_worker_t  *w;
+    int           port;
+    bool          admin;
+};
+
+struct fy_tunnel_s {
+    fy_tunnel_t    *hnext;
+    char            id[FY_ID_MAX + 1];
+    char            session[FY_SESSION_MAX + 1];
+    fy_agentconn_t *conns[FY_TUNNEL_MAX_CONNS];
+    unsigned        nconns;
+    unsigned        rr;              /* round-robin cursor over conns */
+    uint32_t        nstreams;
+    int64_t         connected_since; /* unix seconds */
+    uint64_t        requests, bytes_in, bytes_out;
+    char            agent_addr[FY_ADDRSTRLEN];
+};
+
+struct fy_agentconn_s {
+    fy_tun_t        tun;
+    fy_worker_t    *w;
+    fy_tunnel_t    *tunnel;
+    fy_agentconn_t *next, *prev;     /* worker's list of agent connections */
+    bool            ready;           /* HELLO received, READY sent */
+    bool            draining;        /* GOAWAY sent: no new streams */
+    uint32_t        next_stream;
+    fy_client_t   **buckets;         /* stream id -> client, chained by snext */
+    uint32_t        nbuckets;
+    uint32_t        nstreams;
+    fy_timer_t      timer;           /* heartbeat watchdog */
+    int             port;            /* listener port the agent came in on */
+    char            addr[FY_ADDRSTRLEN];
+};
+
+enum fy_client_state {
+    FY_C_HEAD = 0,    /* reading a request head */
+    FY_C_BODY,        /* forwarding a request body */
+    FY_C_WAIT,        /* next request waits for the responses in flight */
+    FY_C_UPGRADE,     /* upgrade request sent, waiting for 101 or not */
+    FY_C_TUNNEL,      /* after 101: raw bytes both ways */
+    FY_C_DONE,        /* no more requests: finish responses, then close */
+};
+
+enum fy_resp_state {
+    FY_R_HEAD = 0, FY_R_LENGTH, FY_R_CHUNKED, FY_R_CLOSE, FY_R_TUNNEL,
+};
+
+struct fy_client_s {
+    fy_io_t          io;
+    fy_timer_t       timer;
+    fy_task_t        free_task;
+    fy_worker_t     *w;
+    fy_client_t     *next, *prev;     /* worker's list */
+    bool             closed;
+    bool             admin;
+    bool             peer_eof;
+    bool             blocked;         /* waiting for stream or connection credit */
+    bool             linger;          /* final response written: draining input before close */
+    enum fy_client_state state;
+    int              port;            /* the listener's */
+    struct sockaddr_storage peer;
+    char             peer_ip[FY_ADDRSTRLEN];
+    char             peer_addr[FY_ADDRSTRLEN];
+    uint64_t         head_started;    /* ms: first byte of the current head, 0 if none */
+    uint64_t         last_active;     /* ms */
+    fy_buf_t         in;              /* from the end user */
+    fy_buf_t         out;             /* to the end user */
+    size_t           out_unscanned;   /* tail of out not yet framed (response parser) */
+    size_t           out_credit;      /* bytes of out that came from the stream (owed credit) */
+    /* request side */
+    uint64_t         body_left;
+    bool             body_chunked;
+    fy_h1_chunked_t  chunked;
+    /* the stream, while attached to a tunnel */
+    fy_agentconn_t  *ac;
+    fy_client_t     *snext;
+    uint32_t         sid;
+    fy_mux_credit_t  credit;
+    bool             fin_rx;          /* agent sent FIN */
+    bool             fin_tx;          /* we sent FIN */
+    char             tunnel_id[FY_ID_MAX + 1];
+    /* response side */
+    enum fy_resp_state rstate;
+    uint64_t         rbody_left;
+    fy_h1_chunked_t  rchunked;
+    unsigned         pending;         /* requests sent whose final response has not fully arrived */
+    uint64_t         head_bits;       /* bit i: pending request i (oldest = bit 0) was HEAD */
+    uint64_t         upgrade_bits;    /* bit i: pending request i asked to upgrade */
+    bool             resp_started;    /* bytes of the current response have arrived */
+    bool             close_after;     /* close once the responses in flight are written */
+    uint64_t         waiting_since;   /* ms: request sent and no response byte yet (0 = not waiting) */
+};
+
+struct fy_worker_s {
+    fy_ev_t         *ev;
+    fy_conf_t       *conf;
+    int              index;
+    fy_listener_t    listeners[FY_CONF_MAX_LISTEN + 1];
+    int              nlisteners;
+    fy_tunnel_t    **tunnels;         /* hash buckets */
+    uint32_t         ntbuckets;
+    uint32_t         ntunnels;
+    fy_agentconn_t  *agents;
+    fy_client_t     *clients;
+    uint32_t         nclients;
+    bool             draining;
+    uint64_t         drain_deadline;
+    fy_io_t          sigio;
+    fy_timer_t       drain_timer;
+    /* counters for /metrics */
+    uint64_t         requests;
+    uint64_t         bytes_from_clients, bytes_to_clients;
+    uint64_t         errors[16];
+    uint64_t         agent_connects;
+};
+
+/* worker.c */
+int fy_worker_main(fy_conf_t *conf, int index, const int *listen_fds, const int *ports,
+                   const bool *admin, int nfds);
+
+/* tunnels.c: the worker's tunnel table. */
+fy_tunnel_t *fy_tunnel_find(fy_worker_t *w, const char *id);
+fy_tunnel_t *fy_tunnel_add(fy_worker_t *w, const char *id, const char *session);
+void fy_tunnel_remove(fy_worker_t *w, fy_tunnel_t *t);
+
+/* agentconn.c */
+/* Handle a request under agent_path on client c (upgrade or plain GET). */
+void fy_agentconn_request(fy_client_t *c, const fy_h1_request_t *req, const char *id, size_t id_len);
+/* Pick a connection of t for a new stream (NULL: none ready). */
+fy_agentconn_t *fy_agentconn_pick(fy_tunnel_t *t);
+/* Attach client c as a new stream of ac (sends OPEN). FY_OK or FY_ERR. */
+int fy_agentconn_open_stream(fy_agentconn_t *ac, fy_client_t *c) FY_MUST_USE;
+/* Detach c's stream from its connection (RST with code unless 0). */
+void fy_agentconn_end_stream(fy_client_t *c, uint32_t code);
+void fy_agentconn_goaway_all(fy_worker_t *w);
+
+/* client.c */
+void fy_client_accept(fy_worker_t *w, fy_listener_t *l, int fd, const struct sockaddr_storage *peer);
+/* Stream events from the agent side. */
+void fy_client_on_data(fy_client_t *c, const uint8_t *p, size_t n);
+void fy_client_on_fin(fy_client_t *c);
+void fy_client_on_rst(fy_client_t *c, uint32_t code, const char *msg, size_t len);
+void fy_client_on_credit(fy_client_t *c);
+/* Queue a small error response; closes after it unless keep is true. */
+void fy_client_error(fy_client_t *c, int status, const char *code, const char *fmt, ...) FY_PRINTF(4, 5);
+void fy_client_respond(fy_client_t *c, int status, const char *ctype, const char *extra_headers,
+                       const char *body, size_t blen, bool keep);
+void fy_client_close(fy_client_t *c);
+/* Give the fd and leftover bytes of c to someone else; c is freed. */
+int fy_client_detach_fd(fy_client_t *c);
+
+/* route.c */
+/* Resolve the tunnel id of a request per route_order. Returns FY_OK with id
+ * filled (and *via set), or FY_ERR when the request names none. */
+enum fy_route_via { FY_VIA_NONE = 0, FY_VIA_HOST, FY_VIA_PATH, FY_VIA_HEADER, FY_VIA_QUERY, FY_VIA_DEFAULT };
+int fy_route_resolve(const fy_worker_t *w, const fy_h1_request_t *req, char *id, enum fy_route_via *via);
+/* True when the Host names a tunnel ({id}.{domain}). */
+bool fy_route_host_names_tunnel(const fy_worker_t *w, const fy_h1_request_t *req);
+/* Write the head to forward into out[cap]: path rewritten for path routing,
+ * client X-Tunnel-Id/X-Forwarded-* dropped, ours added. Returns the length
+ * or FY_ERR if it does not fit. */
+ssize_t fy_route_rewrite(const fy_worker_t *w, const fy_client_t *c, const fy_h1_request_t *req,
+                         const char *id, enum fy_route_via via, uint8_t *out, size_t cap);
+
+/* admin.c */
+void fy_admin_request(fy_client_t *c, const fy_h1_request_t *req);
+
+/* error codes for /metrics (index into fy_worker_t.errors) */
+int fy_error_index(const char *code);
+extern const char *const fy_error_codes[];
+
+#endif
