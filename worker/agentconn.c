@@ -54,7 +54,7 @@ void fy_agentconn_request(fy_client_t *c, const fy_h1_request_t *req, const char
 
     if (ids == NULL) {
         if (upgrade) {
-            fy_client_error(c, 400, "bad_request", "agents connect to %s/ID", w->conf->agent_path);
+            fy_client_error(c, false, 400, "bad_request", "agents connect to %s/ID", w->conf->agent_path);
             return;
         }
         fy_buf_consume(&c->in, head_len);
@@ -62,27 +62,27 @@ void fy_agentconn_request(fy_client_t *c, const fy_h1_request_t *req, const char
         return;
     }
     if (fy_conf_tunnel_id(ids, idl, id) != FY_OK) {
-        fy_client_error(c, 400, "bad_tunnel_id", "\"%.*s\" is not a tunnel id (1-63 of a-z 0-9 -)",
+        fy_client_error(c, false, 400, "bad_tunnel_id", "\"%.*s\" is not a tunnel id (1-63 of a-z 0-9 -)",
                         (int)FY_MIN(idl, 80), ids);
         return;
     }
     sess = session_of(req, &sl);
     t = fy_tunnel_find(w, id);
     if (t != NULL && !same_session(t, sess, sl)) {
-        fy_client_error(c, 409, "tunnel_taken", "tunnel \"%s\" is held by another agent session", id);
+        fy_client_error(c, false, 409, "tunnel_taken", "tunnel \"%s\" is held by another agent session", id);
         return;
     }
     if (w->draining) {
-        fy_client_error(c, 503, "draining", "the relay is shutting down; connect again");
+        fy_client_error(c, false, 503, "draining", "the relay is shutting down; connect again");
         return;
     }
     if (t != NULL && t->nconns >= FY_TUNNEL_MAX_CONNS) {
-        fy_client_error(c, 503, "tunnel_busy", "tunnel \"%s\" already has %d connections", id,
+        fy_client_error(c, false, 503, "tunnel_busy", "tunnel \"%s\" already has %d connections", id,
                         FY_TUNNEL_MAX_CONNS);
         return;
     }
     if (t == NULL && w->ntunnels >= w->conf->limits.max_tunnels) {
-        fy_client_error(c, 503, "relay_full", "the relay holds its limit of %llu tunnels",
+        fy_client_error(c, false, 503, "relay_full", "the relay holds its limit of %llu tunnels",
                         (unsigned long long)w->conf->limits.max_tunnels);
         return;
     }
@@ -96,19 +96,19 @@ void fy_agentconn_request(fy_client_t *c, const fy_h1_request_t *req, const char
     proto = fy_h1_find(req->headers, req->nheaders, "sec-websocket-protocol");
     if (!(req->flags & FY_H1_F_WEBSOCKET) || key == NULL || ver == NULL || !fy_ieq(ver->value, ver->value_len, "13")
         || fy_ws_accept_key(key->value, key->value_len, accept) != FY_OK) {
-        fy_client_error(c, 400, "bad_request", "not a valid WebSocket upgrade (RFC 6455, version 13)");
+        fy_client_error(c, false, 400, "bad_request", "not a valid WebSocket upgrade (RFC 6455, version 13)");
         return;
     }
     if (proto == NULL || !fy_h1_has_token(proto->value, proto->value_len, "ferry.1")) {
-        fy_client_error(c, 400, "bad_request", "agents speak the ferry.1 subprotocol");
+        fy_client_error(c, false, 400, "bad_request", "agents speak the ferry.1 subprotocol");
         return;
     }
     if (sl == 0) {
-        fy_client_error(c, 400, "bad_request", "agents send a Ferry-Session header");
+        fy_client_error(c, false, 400, "bad_request", "agents send a Ferry-Session header");
         return;
     }
     if (fy_buf_len(&c->out) > 0) {
-        fy_client_error(c, 503, "busy", "try again");
+        fy_client_error(c, false, 503, "busy", "try again");
         return;
     }
     n = snprintf(resp, sizeof(resp),
@@ -376,7 +376,7 @@ static void on_close(fy_tun_t *t, const char *why)
             bool owed = c->pending > 0 && !c->resp_started && c->out_unscanned == 0;
             fy_agentconn_end_stream(c, 0);
             if (owed)
-                fy_client_error(c, 502, "tunnel_lost", "tunnel \"%s\": the agent disconnected", c->tunnel_id);
+                fy_client_error(c, false, 502, "tunnel_lost", "tunnel \"%s\": the agent disconnected", c->tunnel_id);
             else if (c->pending > 0 || c->state == FY_C_TUNNEL)
                 fy_client_close(c);
         }

@@ -119,7 +119,7 @@ void fy_client_respond(fy_client_t *c, int status, const char *ctype, const char
     flush_out(c);
 }
 
-void fy_client_error(fy_client_t *c, int status, const char *code, const char *fmt, ...)
+void fy_client_error(fy_client_t *c, bool keep, int status, const char *code, const char *fmt, ...)
 {
     char body[512], extra[160];
     va_list ap;
@@ -136,7 +136,24 @@ void fy_client_error(fy_client_t *c, int status, const char *code, const char *f
     snprintf(extra, sizeof(extra), "X-Ferry-Error: %s\r\n%s", code,
              status == 503 ? "Retry-After: 1\r\n" : "");
     c->w->errors[fy_error_index(code)]++;
-    fy_client_respond(c, status, "text/plain; charset=utf-8", extra, body, (size_t)n, false);
+    fy_client_respond(c, status, "text/plain; charset=utf-8", extra, body, (size_t)n, keep);
+}
+
+/*
+ * An error for a request that was parsed whole: the connection stays open
+ * for the next request when this one carried no body and did not ask to
+ * close (as nginx does for a 404), else it closes after the answer.
+ */
+static void request_error(fy_client_t *c, const fy_h1_request_t *req, int status, const char *code,
+                          const char *msg)
+{
+    bool keep = !(req->flags & FY_H1_F_CLOSE)
+        && (req->body == FY_H1_BODY_NONE || (req->body == FY_H1_BODY_LENGTH && req->content_length == 0));
+    if (keep) {
+        fy_buf_consume(&c->in, req->head_len);
+        c->head_started = 0;
+    }
+    fy_client_error(c, keep, status, code, "%s", msg);
 }
 
 /* --- closing --------------------------------------------------------------- */
@@ -241,10 +258,12 @@ static void bad_response(fy_client_t *c, const char *why)
     fy_log_warn("tunnel %s: bad response from the agent's service: %s", c->tunnel_id, why);
     drop_unscanned(c);
     fy_agentconn_end_stream(c, FY_MUX_RST_PROTOCOL);
-    if (c->resp_started)
-        c->close_after = true, c->state = FY_C_DONE;
-    else
-        fy_client_error(c, 502, "bad_response", "tunnel \"%s\": the service sent an invalid response: %s",
+    c->pending = 0;
+    if (c->resp_started) {
+        c->close_after = true;
+        c->state = FY_C_DONE;
+    } else
+        fy_client_error(c, false, 502, "bad_response", "tunnel \"%s\": the service sent an invalid response: %s",
                         c->tunnel_id, why);
 }
 
@@ -330,6 +349,7 @@ static void scan_response(fy_client_t *c)
                             c->rchunked.err_reason ? c->rchunked.err_reason : "?");
                 drop_unscanned(c);
                 fy_agentconn_end_stream(c, FY_MUX_RST_PROTOCOL);
+                c->pending = 0;
                 c->close_after = true;
                 c->state = FY_C_DONE;
                 return;
@@ -395,7 +415,7 @@ void fy_client_on_fin(fy_client_t *c)
     case FY_R_HEAD:
         if (response_owed(c) && c->out_unscanned == 0) {
             fy_agentconn_end_stream(c, FY_MUX_RST_DONE);
-            fy_client_error(c, 502, "upstream_closed",
+            fy_client_error(c, false, 502, "upstream_closed",
                             "tunnel \"%s\": the service closed the connection without a response", c->tunnel_id);
             return;
         }
@@ -426,10 +446,10 @@ void fy_client_on_rst(fy_client_t *c, uint32_t code, const char *msg, size_t len
     fy_agentconn_end_stream(c, 0);
     if (owed) {
         if (code == FY_MUX_RST_TIMEOUT)
-            fy_client_error(c, 504, "upstream_timeout", "tunnel \"%s\": the service did not answer in time",
+            fy_client_error(c, false, 504, "upstream_timeout", "tunnel \"%s\": the service did not answer in time",
                             c->tunnel_id);
         else
-            fy_client_error(c, 502, "upstream_refused", "tunnel \"%s\": the agent could not reach its service: %.*s",
+            fy_client_error(c, false, 502, "upstream_refused", "tunnel \"%s\": the agent could not reach its service: %.*s",
                             c->tunnel_id, (int)FY_MIN(len, 300), msg);
         return;
     }
@@ -493,7 +513,7 @@ static void flush_out(fy_client_t *c)
         shutdown(c->io.fd, SHUT_WR);
         return;
     }
-    if (c->close_after && (c->pending == 0 || c->state == FY_C_DONE) && c->out_unscanned == 0)
+    if (c->close_after && c->pending == 0 && c->out_unscanned == 0)
         finish(c);
 }
 
@@ -556,11 +576,11 @@ static bool step_head(fy_client_t *c)
             return false;
         }
         if (rc < 0) {
-            fy_client_error(c, req.err_status, req.err_code, "%s", req.err_reason);
+            fy_client_error(c, false, req.err_status, req.err_code, "%s", req.err_reason);
             return false;
         }
         if (req.body != FY_H1_BODY_NONE && !(req.body == FY_H1_BODY_LENGTH && req.content_length == 0)) {
-            fy_client_error(c, 400, "bad_request", "the admin API takes no request body");
+            fy_client_error(c, false, 400, "bad_request", "the admin API takes no request body");
             return false;
         }
         fy_buf_consume(&c->in, (size_t)rc);
@@ -569,7 +589,7 @@ static bool step_head(fy_client_t *c)
         return !c->closed && c->state == FY_C_HEAD;
     }
     if (req.flags & FY_H1_F_CONNECT) {
-        fy_client_error(c, 405, "bad_request", "CONNECT is not supported");
+        fy_client_error(c, false, 405, "bad_request", "CONNECT is not supported");
         return false;
     }
     if (agent_path(w, &req, &aid, &aidl) && !fy_route_host_names_tunnel(w, &req)) {
@@ -579,25 +599,27 @@ static bool step_head(fy_client_t *c)
         return false;   /* c may be gone: it became an agent connection */
     }
     if (fy_route_resolve(w, &req, id, &via) != FY_OK) {
-        fy_client_error(c, 404, "no_tunnel", "no tunnel named in this request");
-        return false;
+        request_error(c, &req, 404, "no_tunnel", "no tunnel named in this request");
+        return !c->closed && c->state == FY_C_HEAD;
     }
     if (c->ac != NULL && (c->fin_rx || c->ac->draining || strcmp(id, c->tunnel_id) != 0))
         fy_agentconn_end_stream(c, FY_MUX_RST_DONE);
     if (c->ac == NULL) {
         fy_agentconn_t *ac;
         if ((t = fy_tunnel_find(w, id)) == NULL || (ac = fy_agentconn_pick(t)) == NULL) {
-            fy_client_error(c, 404, "tunnel_offline", "tunnel \"%s\" is not connected", id);
-            return false;
+            char msg[128];
+            snprintf(msg, sizeof(msg), "tunnel \"%s\" is not connected", id);
+            request_error(c, &req, 404, "tunnel_offline", msg);
+            return !c->closed && c->state == FY_C_HEAD;
         }
         if (t->nstreams >= conf->limits.max_streams_per_tunnel) {
-            fy_client_error(c, 503, "tunnel_busy", "tunnel \"%s\" is at its limit of %llu streams", id,
+            fy_client_error(c, false, 503, "tunnel_busy", "tunnel \"%s\" is at its limit of %llu streams", id,
                             (unsigned long long)conf->limits.max_streams_per_tunnel);
             return false;
         }
         strcpy(c->tunnel_id, id);
         if (fy_agentconn_open_stream(ac, c) != FY_OK) {
-            fy_client_error(c, 502, "tunnel_error", "tunnel \"%s\": could not open a stream", id);
+            fy_client_error(c, false, 502, "tunnel_error", "tunnel \"%s\": could not open a stream", id);
             return false;
         }
     }
@@ -615,7 +637,7 @@ forward:
     }
     hl = fy_route_rewrite(w, c, &req, id, via, dst, room);
     if (hl < 0) {
-        fy_client_error(c, 431, "header_too_large", "the request head is too large to forward");
+        fy_client_error(c, false, 431, "header_too_large", "the request head is too large to forward");
         return false;
     }
     fy_tun_data_commit(&c->ac->tun, c->sid, &c->credit, (size_t)hl);
@@ -670,7 +692,7 @@ static bool step_forward(fy_client_t *c)
             if (used < 0) {
                 fy_agentconn_end_stream(c, FY_MUX_RST_PROTOCOL);
                 c->pending = 0;
-                fy_client_error(c, 400, "bad_request", "invalid chunked body: %s",
+                fy_client_error(c, false, 400, "bad_request", "invalid chunked body: %s",
                                 c->chunked.err_reason ? c->chunked.err_reason : "?");
                 return false;
             }
@@ -809,7 +831,7 @@ static void on_timer(fy_ev_t *ev, fy_timer_t *t)
     if (c->waiting_since != 0 && now >= c->waiting_since + conf->limits.upstream_timeout) {
         if (!c->resp_started && c->out_unscanned == 0) {
             fy_agentconn_end_stream(c, FY_MUX_RST_TIMEOUT);
-            fy_client_error(c, 504, "upstream_timeout", "tunnel \"%s\": no response within %llu ms",
+            fy_client_error(c, false, 504, "upstream_timeout", "tunnel \"%s\": no response within %llu ms",
                             c->tunnel_id, (unsigned long long)conf->limits.upstream_timeout);
         } else {
             fy_client_close(c);
@@ -819,7 +841,7 @@ static void on_timer(fy_ev_t *ev, fy_timer_t *t)
     if (c->state == FY_C_HEAD && c->head_started != 0 && c->pending == 0
         && now >= c->head_started + conf->limits.header_timeout) {
         if (fy_buf_len(&c->in) > 0)
-            fy_client_error(c, 408, "header_timeout", "the request head did not arrive within %llu ms",
+            fy_client_error(c, false, 408, "header_timeout", "the request head did not arrive within %llu ms",
                             (unsigned long long)conf->limits.header_timeout);
         else
             fy_client_close(c);   /* an idle connection: nothing to answer */
@@ -828,7 +850,7 @@ static void on_timer(fy_ev_t *ev, fy_timer_t *t)
     if (c->state == FY_C_BODY && now >= c->last_active + conf->limits.body_timeout) {
         fy_agentconn_end_stream(c, FY_MUX_RST_CANCEL);
         c->pending = 0;
-        fy_client_error(c, 408, "body_timeout", "no request body byte within %llu ms",
+        fy_client_error(c, false, 408, "body_timeout", "no request body byte within %llu ms",
                         (unsigned long long)conf->limits.body_timeout);
         return;
     }

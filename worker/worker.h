@@ -180,7 +180,7 @@ void fy_client_on_fin(fy_client_t *c);
 void fy_client_on_rst(fy_client_t *c, uint32_t code, const char *msg, size_t len);
 void fy_client_on_credit(fy_client_t *c);
 /* Queue a small error response; closes after it unless keep is true. */
-void fy_client_error(fy_client_t *c, int status, const char *code, const char *fmt, ...) FY_PRINTF(4, 5);
+void fy_client_error(fy_client_t *c, bool keep, int status, const char *code, const char *fmt, ...) FY_PRINTF(5, 6);
 void fy_client_respond(fy_client_t *c, int status, const char *ctype, const char *extra_headers,
                        const char *body, size_t blen, bool keep);
 void fy_client_close(fy_client_t *c);

@@ -59,9 +59,10 @@ void fy_ws_reader_init(fy_ws_reader_t *r, bool expect_masked, uint64_t max_messa
 
 /*
  * Consume bytes from buf[0..len) and produce at most one event in *ev.
- * Returns the number of bytes consumed (may be 0 only with ev NONE when
+ * Returns the number of bytes consumed (0 with ev NONE when
  * more bytes are needed: the caller keeps the unconsumed tail and calls
- * again with more), or FY_ERR with r->close_code and r->err_reason (RSV bits
+ * again with more; 0 also with MESSAGE_END, which follows the last payload
+ * byte as an event of its own), or FY_ERR with r->close_code and r->err_reason (RSV bits
  * set, unknown opcode, mask bit not as expected, control frame fragmented or
  * over 125 bytes, continuation without a message, a new data frame inside a
  * fragmented message, non-minimal length encoding, 64-bit length with the top
