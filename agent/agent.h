@@ -117,6 +117,8 @@ struct fy_agent_s {
 /* tconn.c */
 void fy_tconn_start(fy_atunnel_t *tn);
 void fy_atunnel_start(fy_atunnel_t *tn);
+/* Close every connection of tn (frees happen in the loop's tasks). */
+void fy_atunnel_stop(fy_atunnel_t *tn);
 fy_astream_t *fy_tconn_stream(fy_tconn_t *tc, uint32_t id);
 void fy_tconn_stream_gone(fy_tconn_t *tc, fy_astream_t *s);
 int fy__tconn_add_stream(fy_tconn_t *tc, fy_astream_t *s) FY_MUST_USE;

@@ -296,5 +296,10 @@ int main(int argc, char **argv)
     fy_atunnel_start(&tn);
     fy_ev_run(a.ev);
     fy_alog(FY_AL_INFO, "received stop request", "obj", "app", NULL);
+    fy_atunnel_stop(&tn);
+    fy_ev_run_tasks(a.ev);   /* closes queue frees that queue more: two rounds */
+    fy_ev_run_tasks(a.ev);
+    close(a.sigio.fd);
+    fy_ev_free(a.ev);
     return 0;
 }

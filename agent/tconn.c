@@ -177,6 +177,15 @@ void fy_tconn_start(fy_atunnel_t *tn)
     fy_timer_arm(a->ev, &tc->timer, HANDSHAKE_MS);
 }
 
+void fy_atunnel_stop(fy_atunnel_t *tn)
+{
+    fy_tconn_t *tc;
+    fy_timer_stop(tn->agent->ev, &tn->reconnect_timer);
+    tn->want_conns = 0;
+    for (tc = tn->conns; tc != NULL; tc = tc->next)
+        tconn_close(tc, "agent stopping", NULL, false);
+}
+
 void fy_atunnel_start(fy_atunnel_t *tn)
 {
     tn->reconnect_timer.cb = on_reconnect;

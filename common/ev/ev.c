@@ -18,7 +18,8 @@ struct fy_ev_s {
     fy_timer_t **heap;      /* min-heap on deadline */
     size_t       nheap;
     size_t       capheap;
-    fy_task_t   *tasks;     /* LIFO of queued tasks */
+    fy_task_t   *tasks;     /* FIFO of queued tasks */
+    fy_task_t   *tasks_tail;
 };
 
 static uint64_t monotonic_ms(void)
@@ -178,24 +179,41 @@ void fy_task_queue(fy_ev_t *ev, fy_task_t *t)
     if (t->queued)
         return;
     t->queued = true;
-    t->next = ev->tasks;
-    ev->tasks = t;
+    t->next = NULL;
+    t->prev = ev->tasks_tail;
+    if (ev->tasks_tail != NULL)
+        ev->tasks_tail->next = t;
+    else
+        ev->tasks = t;
+    ev->tasks_tail = t;
 }
 
-static void run_tasks(fy_ev_t *ev)
+void fy_task_cancel(fy_ev_t *ev, fy_task_t *t)
 {
-    /* Tasks may queue tasks; bound the rounds so one cannot starve the poll. */
-    int round;
-    for (round = 0; round < 8 && ev->tasks != NULL; round++) {
-        fy_task_t *list = ev->tasks;
-        ev->tasks = NULL;
-        while (list != NULL) {
-            fy_task_t *t = list;
-            list = t->next;
-            t->next = NULL;
-            t->queued = false;
-            t->cb(ev, t);
-        }
+    if (!t->queued)
+        return;
+    if (t->prev != NULL)
+        t->prev->next = t->next;
+    else
+        ev->tasks = t->next;
+    if (t->next != NULL)
+        t->next->prev = t->prev;
+    else
+        ev->tasks_tail = t->prev;
+    t->next = t->prev = NULL;
+    t->queued = false;
+}
+
+void fy_ev_run_tasks(fy_ev_t *ev)
+{
+    /* One task at a time off the head, so that a task may cancel (free)
+     * others; bounded, so that tasks that queue tasks cannot starve the poll. */
+    unsigned budget = 4096;
+    fy_task_t *t;
+
+    while (budget-- > 0 && (t = ev->tasks) != NULL) {
+        fy_task_cancel(ev, t);
+        t->cb(ev, t);
     }
 }
 
@@ -213,7 +231,7 @@ int fy_ev_run_once(fy_ev_t *ev)
     struct epoll_event events[FY_EV_BATCH];
     int n, i, timeout = -1;
 
-    run_tasks(ev);
+    fy_ev_run_tasks(ev);
     if (ev->tasks != NULL) {
         timeout = 0;
     } else if (ev->nheap > 0) {

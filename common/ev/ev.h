@@ -39,7 +39,7 @@ struct fy_timer_s {
 };
 
 struct fy_task_s {
-    fy_task_t  *next;
+    fy_task_t  *next, *prev;
     bool        queued;
     fy_task_cb  cb;
     void       *data;
@@ -66,12 +66,18 @@ void fy_timer_arm_at(fy_ev_t *ev, fy_timer_t *t, uint64_t deadline);
 void fy_timer_stop(fy_ev_t *ev, fy_timer_t *t);
 static inline bool fy_timer_armed(const fy_timer_t *t) { return t->slot != 0; }
 
-/* Queue t to run once before the next poll (no-op if already queued). */
+/* Queue t to run once before the next poll (no-op if already queued).
+ * Tasks run in the order queued. */
 void fy_task_queue(fy_ev_t *ev, fy_task_t *t);
+/* Unqueue t: an object that holds a task calls this before it is freed. */
+void fy_task_cancel(fy_ev_t *ev, fy_task_t *t);
 
 /* Run one iteration: deferred tasks, poll (bounded by the next timer),
  * io callbacks, due timers. Returns FY_OK or FY_ERR (epoll failed). */
 int fy_ev_run_once(fy_ev_t *ev);
+
+/* Run the queued tasks now (at shutdown, so deferred frees happen). */
+void fy_ev_run_tasks(fy_ev_t *ev);
 
 /* Run until fy_ev_stop is called. */
 void fy_ev_run(fy_ev_t *ev);

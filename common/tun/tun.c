@@ -113,6 +113,8 @@ static void close_task(fy_ev_t *ev, fy_task_t *task)
 
 void fy_tun_free(fy_tun_t *t)
 {
+    fy_task_cancel(t->ev, &t->flush_task);
+    fy_task_cancel(t->ev, &t->close_task);
     while (t->head != NULL) {
         fy_tun_chunk_t *c = t->head;
         t->head = c->next;
