@@ -37,6 +37,7 @@ typedef struct fy_conf_s {
     char       *auth_key;
     int         auth_ntokens;
     char       *auth_revoked;
+    struct fy_auth_s *auth;       /* loaded by the master from the above (worker/auth.h) */
     fy_cidr_t   trust[FY_CONF_MAX_TRUST];
     int         ntrust;
     char       *log_file;

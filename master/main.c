@@ -9,6 +9,7 @@
 #include "log/log.h"
 #include "master/config.h"
 #include "net/net.h"
+#include "worker/auth.h"
 #include "worker/worker.h"
 
 #include <errno.h>
@@ -300,6 +301,13 @@ int main(int argc, char **argv)
     }
     if ((m.conf = fy_config_load(m.conf_path, err, sizeof(err))) == NULL
         || fy_config_check(m.conf, err, sizeof(err)) != FY_OK) {
+        fprintf(stderr, "ferryd: %s\n", err);
+        if (test)
+            fprintf(stderr, "ferryd: configuration test failed\n");
+        return 1;
+    }
+    m.conf->auth = fy_auth_load(m.conf, err, sizeof(err));
+    if (m.conf->auth == NULL && err[0] != '\0') {
         fprintf(stderr, "ferryd: %s\n", err);
         if (test)
             fprintf(stderr, "ferryd: configuration test failed\n");

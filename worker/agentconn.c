@@ -43,7 +43,8 @@ static bool same_session(const fy_tunnel_t *t, const char *s, size_t n)
 void fy_agentconn_request(fy_client_t *c, const fy_h1_request_t *req, const char *ids, size_t idl)
 {
     fy_worker_t *w = c->w;
-    const fy_h1_header_t *key, *ver, *proto;
+    const fy_h1_header_t *key, *ver, *proto, *authz;
+    fy_auth_result_t auth;
     char id[FY_ID_MAX + 1], accept[29], resp[512], session[FY_SESSION_MAX + 1];
     bool upgrade = (req->flags & FY_H1_F_UPGRADE) != 0;
     const char *sess;
@@ -66,8 +67,18 @@ void fy_agentconn_request(fy_client_t *c, const fy_h1_request_t *req, const char
                         (int)FY_MIN(idl, 80), ids);
         return;
     }
+    authz = fy_h1_find(req->headers, req->nheaders, "authorization");
+    fy_auth_check(w->conf->auth, authz ? authz->value : NULL, authz ? authz->value_len : 0, id, &auth);
+    if (auth.status != 0) {
+        fy_client_error(c, false, auth.status, auth.code, "%s", auth.msg);
+        return;
+    }
     sess = session_of(req, &sl);
     t = fy_tunnel_find(w, id);
+    if (t != NULL && strcmp(t->holder, auth.holder) != 0) {
+        fy_client_error(c, false, 409, "tunnel_taken", "tunnel \"%s\" is held by another token", id);
+        return;
+    }
     if (t != NULL && !same_session(t, sess, sl)) {
         fy_client_error(c, false, 409, "tunnel_taken", "tunnel \"%s\" is held by another agent session", id);
         return;
@@ -125,7 +136,7 @@ void fy_agentconn_request(fy_client_t *c, const fy_h1_request_t *req, const char
     }
     memcpy(session, sess, sl);
     session[sl] = '\0';
-    if (t == NULL && (t = fy_tunnel_add(w, id, session)) == NULL) {
+    if (t == NULL && (t = fy_tunnel_add(w, id, session, auth.holder)) == NULL) {
         free(ac);
         fy_client_close(c);
         return;

@@ -30,7 +30,7 @@ fy_tunnel_t *fy_tunnel_find(fy_worker_t *w, const char *id)
     return NULL;
 }
 
-fy_tunnel_t *fy_tunnel_add(fy_worker_t *w, const char *id, const char *session)
+fy_tunnel_t *fy_tunnel_add(fy_worker_t *w, const char *id, const char *session, const char *holder)
 {
     fy_tunnel_t *t, **b;
 
@@ -43,6 +43,7 @@ fy_tunnel_t *fy_tunnel_add(fy_worker_t *w, const char *id, const char *session)
         return NULL;
     strcpy(t->id, id);
     strcpy(t->session, session);
+    strcpy(t->holder, holder);
     t->connected_since = (int64_t)time(NULL);
     b = &w->tunnels[hash_id(id) & (w->ntbuckets - 1)];
     t->hnext = *b;

@@ -21,6 +21,7 @@
 #include "master/config.h"
 #include "net/net.h"
 #include "tun/tun.h"
+#include "worker/auth.h"
 
 #include <sys/socket.h>
 
@@ -45,6 +46,7 @@ struct fy_tunnel_s {
     fy_tunnel_t    *hnext;
     char            id[FY_ID_MAX + 1];
     char            session[FY_SESSION_MAX + 1];
+    char            holder[FY_AUTH_HOLDER_MAX + 1]; /* the token that holds it ("" with auth off) */
     fy_agentconn_t *conns[FY_TUNNEL_MAX_CONNS];
     unsigned        nconns;
     unsigned        rr;              /* round-robin cursor over conns */
@@ -158,7 +160,7 @@ int fy_worker_main(fy_conf_t *conf, int index, const int *listen_fds, const int 
 
 /* tunnels.c: the worker's tunnel table. */
 fy_tunnel_t *fy_tunnel_find(fy_worker_t *w, const char *id);
-fy_tunnel_t *fy_tunnel_add(fy_worker_t *w, const char *id, const char *session);
+fy_tunnel_t *fy_tunnel_add(fy_worker_t *w, const char *id, const char *session, const char *holder);
 void fy_tunnel_remove(fy_worker_t *w, fy_tunnel_t *t);
 
 /* agentconn.c */
