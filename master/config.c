@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sodium.h>
 #include <yaml.h>
 
 typedef struct {
@@ -174,9 +175,59 @@ static int each_trust(loader_t *l, yaml_node_t *n, const char *key, void *arg)
     return FY_OK;
 }
 
+/* One `auth.tokens` entry: {hash: "blake2b:HEX", tunnels: PATTERN}. */
 static int each_token(loader_t *l, yaml_node_t *n, const char *key, void *arg)
 {
-    ((fy_conf_t *)arg)->auth_ntokens++;
+    static const char tag[] = "blake2b:";
+    fy_conf_t *c = arg;
+    fy_conf_token_t tok, *grown;
+    yaml_node_pair_t *p;
+    bool have_hash = false, have_tunnels = false;
+    size_t hl, i;
+    int j;
+
+    if (n->type != YAML_MAPPING_NODE)
+        return fail(l, n, key, "each entry is {hash: \"blake2b:HEX\", tunnels: PATTERN}");
+    memset(&tok, 0, sizeof(tok));
+    for (p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = yaml_document_get_node(l->doc, p->key);
+        yaml_node_t *v = yaml_document_get_node(l->doc, p->value);
+        const char *ks = scalar(k), *vs;
+        if (ks == NULL)
+            return fail(l, k, key, "keys must be plain words");
+        if (!strcmp(ks, "hash")) {
+            FY_GUARD(want_scalar(l, v, "auth.tokens.hash", &vs));
+            hl = strlen(vs);
+            if (hl != sizeof(tag) - 1 + 2 * FY_TOKEN_HASH || memcmp(vs, tag, sizeof(tag) - 1) != 0
+                || sodium_hex2bin(tok.hash, sizeof(tok.hash), vs + sizeof(tag) - 1, hl - (sizeof(tag) - 1),
+                                  NULL, &i, NULL) != 0 || i != FY_TOKEN_HASH)
+                return fail(l, v, "auth.tokens.hash", "not \"blake2b:\" and 64 hex digits "
+                            "(ferryd token --static prints one)");
+            have_hash = true;
+        } else if (!strcmp(ks, "tunnels")) {
+            FY_GUARD(want_scalar(l, v, "auth.tokens.tunnels", &vs));
+            hl = strlen(vs);
+            for (i = 0; i < hl && i < FY_TOKEN_PATTERN_MAX; i++)   /* ids are case-folded */
+                tok.tunnels[i] = (char)(vs[i] >= 'A' && vs[i] <= 'Z' ? vs[i] | 0x20 : vs[i]);
+            if (hl > FY_TOKEN_PATTERN_MAX || !fy_token_pattern_valid(tok.tunnels, hl))
+                return fail(l, v, "auth.tokens.tunnels", "\"%.*s\" is not a tunnel id or a glob of a-z 0-9 - * "
+                            "(at most %d characters; \"*\" covers every id)", 200, vs, FY_TOKEN_PATTERN_MAX);
+            have_tunnels = true;
+        } else {
+            return fail(l, k, key, "unknown key \"%s\" (an entry has hash and tunnels)", ks);
+        }
+    }
+    if (!have_hash || !have_tunnels)
+        return fail(l, n, key, "each entry needs both hash and tunnels (tunnels: \"*\" covers every id)");
+    for (j = 0; j < c->auth_ntokens; j++)
+        if (memcmp(c->auth_tokens[j].hash, tok.hash, FY_TOKEN_HASH) == 0)
+            return fail(l, n, key, "the same hash is listed twice");
+    if (c->auth_ntokens == FY_CONF_MAX_TOKENS)
+        return fail(l, n, key, "at most %d static tokens", FY_CONF_MAX_TOKENS);
+    if ((grown = realloc(c->auth_tokens, (size_t)(c->auth_ntokens + 1) * sizeof(*grown))) == NULL)
+        return fail(l, n, key, "out of memory");
+    c->auth_tokens = grown;
+    c->auth_tokens[c->auth_ntokens++] = tok;
     return FY_OK;
 }
 
@@ -229,8 +280,16 @@ static int auth_key(loader_t *l, fy_conf_t *c, const char *k, yaml_node_t *v)
         return set_str(l, v, "auth.key", &c->auth_key);
     if (!strcmp(k, "revoked"))
         return set_str(l, v, "auth.revoked", &c->auth_revoked);
-    if (!strcmp(k, "tokens"))
+    if (!strcmp(k, "tokens")) {
+        free(c->auth_tokens);
+        c->auth_tokens = NULL;
+        c->auth_ntokens = 0;
+        if (v->type == YAML_SCALAR_NODE && v->data.scalar.length == 0)
+            return FY_OK;   /* "tokens:" with nothing: none */
+        if (v->type != YAML_SEQUENCE_NODE)
+            return fail(l, v, "auth.tokens", "expected a list of {hash: \"blake2b:HEX\", tunnels: PATTERN}");
         return load_list(l, v, "auth.tokens", each_token, c);
+    }
     return fail(l, v, k, "unknown key in auth");
 }
 
@@ -426,12 +485,18 @@ int fy_config_check(const fy_conf_t *c, char *err, size_t errlen)
         snprintf(err, errlen, "listen: at least one listener is needed");
         return FY_ERR;
     }
-    if (auth) {
-        snprintf(err, errlen, "auth: agent token verification is not implemented yet in ferryd %s; "
-                 "run on loopback listeners without auth (see README, \"What works\")", FY_VERSION);
+    if (c->auth_key != NULL && c->auth_key[0] == '\0') {
+        snprintf(err, errlen, "auth.key: empty; name the key file (ferryd keygen -o FILE writes one)");
         return FY_ERR;
     }
-    for (i = 0; i < c->nlisten; i++) {
+    if (c->auth_revoked != NULL && c->auth_revoked[0] != '\0' && c->auth_key == NULL) {
+        snprintf(err, errlen, "auth.revoked lists ids of signed tokens: it needs auth.key "
+                 "(a static token is revoked by removing it from auth.tokens)");
+        return FY_ERR;
+    }
+    /* Agent auth is on with a key or static tokens; without either, only
+     * loopback listeners are allowed (the admin listener carries no agents). */
+    for (i = 0; !auth && i < c->nlisten; i++) {
         struct sockaddr_storage ss;
         socklen_t len;
         if (fy_net_parse_addr(c->listen[i], &ss, &len) != FY_OK)
@@ -459,6 +524,7 @@ void fy_config_free(fy_conf_t *c)
     free(c->path_prefix);
     free(c->pid);
     free(c->auth_key);
+    free(c->auth_tokens);
     free(c->auth_revoked);
     free(c->log_file);
     free(c);

@@ -7,11 +7,13 @@
 
 #include "fy.h"
 #include "conf/conf.h"
+#include "crypto/token.h"
 
 #include <sys/socket.h>
 
 #define FY_CONF_MAX_LISTEN 16
 #define FY_CONF_MAX_TRUST 64
+#define FY_CONF_MAX_TOKENS 10000
 
 enum fy_route { FY_ROUTE_HOST, FY_ROUTE_PATH, FY_ROUTE_HEADER, FY_ROUTE_QUERY, FY_ROUTE_DEFAULT };
 
@@ -20,6 +22,13 @@ typedef struct fy_cidr_s {
     uint8_t addr[16];
     int     bits;
 } fy_cidr_t;
+
+/* One `auth.tokens` entry: a static agent token, kept only as its keyed
+ * BLAKE2b-256 hash (fy_token_static_hash), and the tunnel ids it covers. */
+typedef struct fy_conf_token_s {
+    uint8_t hash[FY_TOKEN_HASH];
+    char    tunnels[FY_TOKEN_PATTERN_MAX + 1];   /* an id or a glob with * */
+} fy_conf_token_t;
 
 typedef struct fy_conf_s {
     char       *listen[FY_CONF_MAX_LISTEN];
@@ -34,9 +43,10 @@ typedef struct fy_conf_s {
     int         workers;         /* 0 = auto */
     char       *pid;
     bool        daemon;
-    char       *auth_key;
+    char       *auth_key;        /* auth.key: the relay's Ed25519 key file */
+    fy_conf_token_t *auth_tokens; /* auth.tokens (owned), auth_ntokens of them */
     int         auth_ntokens;
-    char       *auth_revoked;
+    char       *auth_revoked;    /* auth.revoked: file of revoked token ids */
     struct fy_auth_s *auth;       /* loaded by the master from the above (worker/auth.h) */
     fy_cidr_t   trust[FY_CONF_MAX_TRUST];
     int         ntrust;

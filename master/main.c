@@ -7,10 +7,12 @@
 #include "fy.h"
 #include "ev/ev.h"
 #include "log/log.h"
+#include "master/cmd.h"
 #include "master/config.h"
 #include "net/net.h"
 #include "worker/auth.h"
 #include "worker/worker.h"
+#include "shm/table.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,11 +23,26 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sodium.h>
 
+typedef struct master_s master_t;
+
+/* The master's view of one worker slot (an index keeps its mailbox across
+ * restarts; the process and its control channel are new each time). */
 typedef struct {
+    master_t   *m;
+    int         index;
+    pid_t       pid;
+    uint64_t    started;       /* ms */
+    fy_chan_t   ctl;
+    bool        ctl_open;
+    int         mailbox[2];    /* [0] the worker reads, [1] every worker sends */
+} wslot_t;
+
+struct master_s {
     fy_conf_t  *conf;
     const char *conf_path;
     const char *pid_path;
@@ -36,12 +53,12 @@ typedef struct {
     int         ports[FY_CONF_MAX_LISTEN + 1];
     bool        admin[FY_CONF_MAX_LISTEN + 1];
     int         nfds;
-    pid_t       worker;
-    uint64_t    worker_started;
-    unsigned    restarts;
+    fy_shm_t    shm;
+    int         nworkers;
+    wslot_t     workers[FY_SHM_MAX_WORKERS];
     bool        stopping;
     int         log_fd;
-} master_t;
+};
 
 static void usage(FILE *f)
 {
@@ -113,54 +130,169 @@ static void raise_nofile(void)
     }
 }
 
-static void spawn_worker(master_t *m)
+static void broadcast(master_t *m, const fy_ctl_msg_t *msg)
 {
-    pid_t pid = fork();
-    if (pid < 0) {
+    int i;
+    for (i = 0; i < m->nworkers; i++)
+        if (m->workers[i].ctl_open)
+            (void)fy_chan_send(&m->workers[i].ctl, msg);
+}
+
+/* A worker asks; the master, the table's only writer, answers. */
+static void on_ctl(fy_chan_t *ch, const fy_ctl_msg_t *msg)
+{
+    wslot_t *ws = ch->data;
+    master_t *m = ws->m;
+    fy_ctl_msg_t r;
+
+    switch (msg->type) {
+    case FY_CTL_REGISTER:
+        r = *msg;
+        r.type = FY_CTL_REGISTERED;
+        r.result = fy_shm_add_owner(&m->shm, msg->id, msg->session, msg->holder, msg->addr,
+                                    (uint16_t)ws->index, msg->conn, (int64_t)time(NULL));
+        (void)fy_chan_send(ch, &r);
+        if (r.result == FY_SHM_ADDED) {
+            r.type = FY_CTL_TUNNEL_UP;
+            broadcast(m, &r);
+        }
+        return;
+    case FY_CTL_UNREGISTER:
+        fy_shm_remove_owner(&m->shm, msg->id, (uint16_t)ws->index, msg->conn);
+        return;
+    default:
+        return;
+    }
+}
+
+static void on_ctl_close(fy_chan_t *ch)
+{
+    wslot_t *ws = ch->data;
+    ws->ctl_open = false;
+}
+
+static void spawn_worker(master_t *m, int i)
+{
+    wslot_t *ws = &m->workers[i];
+    fy_worker_setup_t st;
+    int ctl[2], k;
+    pid_t pid;
+
+    if (fy_chan_pair(ctl) != FY_OK) {
+        fy_log(FY_LOG_ERR, errno, "worker %d: control channel", i);
+        fy_timer_arm(m->ev, &m->respawn_timer, 1000);
+        return;
+    }
+    if ((pid = fork()) < 0) {
         fy_log(FY_LOG_ERR, errno, "fork");
+        close(ctl[0]);
+        close(ctl[1]);
         fy_timer_arm(m->ev, &m->respawn_timer, 1000);
         return;
     }
     if (pid == 0) {
-        /* The worker does not need the master's signalfd or loop. */
+        /* The worker keeps the listeners, the region, its channel and the
+         * mailboxes; not the master's loop, signals or other channels. */
         close(m->sigio.fd);
-        _exit(fy_worker_main(m->conf, 0, m->fds, m->ports, m->admin, m->nfds));
+        fy_ev_free(m->ev);
+        close(ctl[0]);
+        for (k = 0; k < m->nworkers; k++)
+            if (m->workers[k].ctl_open)
+                close(m->workers[k].ctl.io.fd);
+        memset(&st, 0, sizeof(st));
+        st.conf = m->conf;
+        st.index = i;
+        st.nworkers = m->nworkers;
+        st.nfds = m->nfds;
+        memcpy(st.fds, m->fds, sizeof(st.fds));
+        memcpy(st.ports, m->ports, sizeof(st.ports));
+        memcpy(st.admin, m->admin, sizeof(st.admin));
+        st.shm_fd = m->shm.fd;
+        st.ctl_fd = ctl[1];
+        for (k = 0; k < m->nworkers; k++) {
+            st.mailbox_recv[k] = m->workers[k].mailbox[0];
+            st.mailbox_send[k] = m->workers[k].mailbox[1];
+        }
+        _exit(fy_worker_main(&st));
     }
-    m->worker = pid;
-    m->worker_started = fy_ev_now(m->ev);
+    close(ctl[1]);
+    if (fy_chan_open(&ws->ctl, m->ev, ctl[0], on_ctl, on_ctl_close, ws) != FY_OK) {
+        fy_log(FY_LOG_ERR, errno, "worker %d: control channel", i);
+        close(ctl[0]);
+        kill(pid, SIGKILL);
+    }
+    ws->ctl_open = true;
+    ws->pid = pid;
+    ws->started = fy_ev_now(m->ev);
 }
 
 static void on_respawn(fy_ev_t *ev, fy_timer_t *t)
 {
     master_t *m = t->data;
-    if (!m->stopping && m->worker == 0)
-        spawn_worker(m);
+    int i;
+    if (m->stopping)
+        return;
+    for (i = 0; i < m->nworkers; i++)
+        if (m->workers[i].pid == 0)
+            spawn_worker(m, i);
+}
+
+static bool any_worker(const master_t *m)
+{
+    int i;
+    for (i = 0; i < m->nworkers; i++)
+        if (m->workers[i].pid > 0)
+            return true;
+    return false;
 }
 
 static void reap(master_t *m)
 {
-    int status;
+    int status, i;
     pid_t pid;
 
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-        if (pid != m->worker)
+        wslot_t *ws = NULL;
+        uint32_t gone;
+        for (i = 0; i < m->nworkers; i++)
+            if (m->workers[i].pid == pid)
+                ws = &m->workers[i];
+        if (ws == NULL)
             continue;
-        m->worker = 0;
+        ws->pid = 0;
+        if (ws->ctl_open) {
+            fy_chan_close(&ws->ctl);
+            ws->ctl_open = false;
+        }
+        /* Its tunnels leave the table at once; their agents reconnect. */
+        gone = fy_shm_sweep_worker(&m->shm, (uint16_t)ws->index);
+        atomic_store(&fy_shm_worker(&m->shm, (unsigned)ws->index)->state, FY_SHM_W_DOWN);
         if (m->stopping) {
-            fy_ev_stop(m->ev);
+            if (!any_worker(m))
+                fy_ev_stop(m->ev);
             continue;
         }
         if (WIFSIGNALED(status))
-            fy_log_err("worker %d killed by signal %d; starting a new one", (int)pid, WTERMSIG(status));
+            fy_log_err("worker %d (pid %d) killed by signal %d; %u tunnels dropped; starting a new one",
+                       ws->index, (int)pid, WTERMSIG(status), gone);
         else
-            fy_log_err("worker %d exited with status %d; starting a new one", (int)pid, WEXITSTATUS(status));
-        m->restarts++;
+            fy_log_err("worker %d (pid %d) exited with status %d; %u tunnels dropped; starting a new one",
+                       ws->index, (int)pid, WEXITSTATUS(status), gone);
+        atomic_fetch_add(&m->shm.hdr->worker_restarts, 1);
         /* A worker that dies at once would otherwise be forked in a loop. */
-        if (fy_ev_now(m->ev) - m->worker_started < 1000)
+        if (fy_ev_now(m->ev) - ws->started < 1000)
             fy_timer_arm(m->ev, &m->respawn_timer, 500);
         else
-            spawn_worker(m);
+            spawn_worker(m, ws->index);
     }
+}
+
+static void signal_workers(master_t *m, int sig)
+{
+    int i;
+    for (i = 0; i < m->nworkers; i++)
+        if (m->workers[i].pid > 0)
+            kill(m->workers[i].pid, sig);
 }
 
 static void on_signal(fy_ev_t *ev, fy_io_t *io, uint32_t events)
@@ -179,8 +311,8 @@ static void on_signal(fy_ev_t *ev, fy_io_t *io, uint32_t events)
             fy_log_info("%s: %s shutdown", strsignal((int)si.ssi_signo),
                         si.ssi_signo == SIGQUIT ? "graceful" : "fast");
             m->stopping = true;
-            if (m->worker > 0)
-                kill(m->worker, si.ssi_signo == SIGQUIT ? SIGQUIT : SIGTERM);
+            if (any_worker(m))
+                signal_workers(m, si.ssi_signo == SIGQUIT ? SIGQUIT : SIGTERM);
             else
                 fy_ev_stop(ev);
             break;
@@ -190,8 +322,7 @@ static void on_signal(fy_ev_t *ev, fy_io_t *io, uint32_t events)
         case SIGUSR1:
             if (open_log(m) == FY_OK)
                 fy_log_info("log file reopened");
-            if (m->worker > 0)
-                kill(m->worker, SIGUSR1);
+            signal_workers(m, SIGUSR1);
             break;
         default:
             fy_log_warn("%s: not implemented yet in this version; ignored", strsignal((int)si.ssi_signo));
@@ -269,10 +400,12 @@ int main(int argc, char **argv)
 
     memset(&m, 0, sizeof(m));
     m.log_fd = 2;
-    if (argc > 1 && (!strcmp(argv[1], "token") || !strcmp(argv[1], "keygen") || !strcmp(argv[1], "hash-password"))) {
-        fprintf(stderr, "ferryd: %s: agent authentication is not implemented yet in ferryd %s\n", argv[1], FY_VERSION);
-        return 1;
-    }
+    if (argc > 1 && !strcmp(argv[1], "token"))
+        return fy_cmd_token(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "keygen"))
+        return fy_cmd_keygen(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "hash-password"))
+        return fy_cmd_hash_password(argc - 1, argv + 1);
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-v") || !strcmp(a, "--version")) {
@@ -325,12 +458,25 @@ int main(int argc, char **argv)
         fprintf(stderr, "ferryd: daemon: true is not implemented yet; run under systemd or with daemon: false\n");
         return 1;
     }
-    if (m.conf->workers != 1)
-        m.conf->workers = 1;   /* handing connections between workers comes with the shm table */
+    m.nworkers = m.conf->workers > 0 ? m.conf->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    m.nworkers = FY_MAX(1, FY_MIN(m.nworkers, FY_SHM_MAX_WORKERS));
     raise_nofile();
     signal(SIGPIPE, SIG_IGN);
     if (open_log(&m) != FY_OK || open_listeners(&m) != FY_OK || write_pidfile(m.pid_path) != FY_OK)
         return 1;
+    if (fy_shm_create(&m.shm, (uint32_t)m.conf->limits.max_tunnels, (uint32_t)m.nworkers) != FY_OK) {
+        fprintf(stderr, "ferryd: shared memory for %llu tunnels: %s\n",
+                (unsigned long long)m.conf->limits.max_tunnels, strerror(errno));
+        return 1;
+    }
+    for (i = 0; i < m.nworkers; i++) {
+        m.workers[i].m = &m;
+        m.workers[i].index = i;
+        if (fy_chan_pair(m.workers[i].mailbox) != FY_OK) {
+            fprintf(stderr, "ferryd: mailbox: %s\n", strerror(errno));
+            return 1;
+        }
+    }
     sigemptyset(&set);
     sigaddset(&set, SIGCHLD);
     sigaddset(&set, SIGTERM);
@@ -351,10 +497,12 @@ int main(int argc, char **argv)
     m.respawn_timer.data = &m;
     if (fy_io_set(m.ev, &m.sigio, EPOLLIN) != FY_OK)
         return 1;
-    fy_log_info("ferryd %s: listening on %s (end users and agents), admin on %s, domain %s, 1 worker",
-                FY_VERSION, m.conf->listen[0], m.conf->admin[0] ? m.conf->admin : "(off)", m.conf->domain);
+    fy_log_info("ferryd %s: listening on %s (end users and agents), admin on %s, domain %s, %d workers",
+                FY_VERSION, m.conf->listen[0], m.conf->admin[0] ? m.conf->admin : "(off)", m.conf->domain,
+                m.nworkers);
     fy_log_info("connect an agent: ferry http 3000 --server ws://%s", m.conf->listen[0]);
-    spawn_worker(&m);
+    for (i = 0; i < m.nworkers; i++)
+        spawn_worker(&m, i);
     fy_ev_run(m.ev);
     if (m.pid_path != NULL && m.pid_path[0] != '\0')
         unlink(m.pid_path);

@@ -4,6 +4,7 @@
  */
 #include "worker/worker.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,45 +60,81 @@ static void tprintf(text_t *t, const char *fmt, ...)
     t->b.wpos += (size_t)n;
 }
 
-static void metrics(fy_worker_t *w, text_t *t)
+static uint64_t sum(fy_worker_t *w, size_t offset)
 {
+    uint64_t n = 0;
     int i;
-    tprintf(t, "# TYPE ferry_tunnels gauge\nferry_tunnels %u\n", w->ntunnels);
-    tprintf(t, "# TYPE ferry_agent_connections_total counter\nferry_agent_connections_total %llu\n",
-            (unsigned long long)w->agent_connects);
-    tprintf(t, "# TYPE ferry_clients gauge\nferry_clients %u\n", w->nclients);
-    tprintf(t, "# TYPE ferry_requests_total counter\nferry_requests_total %llu\n", (unsigned long long)w->requests);
-    tprintf(t, "# TYPE ferry_bytes_total counter\n");
-    tprintf(t, "ferry_bytes_total{direction=\"in\"} %llu\n", (unsigned long long)w->bytes_from_clients);
-    tprintf(t, "ferry_bytes_total{direction=\"out\"} %llu\n", (unsigned long long)w->bytes_to_clients);
-    tprintf(t, "# TYPE ferry_errors_total counter\n");
-    for (i = 0; fy_error_codes[i] != NULL; i++)
-        tprintf(t, "ferry_errors_total{code=\"%s\"} %llu\n", fy_error_codes[i], (unsigned long long)w->errors[i]);
-    tprintf(t, "# TYPE ferry_worker_restarts_total counter\nferry_worker_restarts_total 0\n");
-    tprintf(t, "# TYPE ferry_handoffs_total counter\nferry_handoffs_total{outcome=\"ok\"} 0\n");
+    for (i = 0; i < w->nworkers; i++)
+        n += atomic_load_explicit((_Atomic uint64_t *)((char *)fy_shm_worker(&w->shm, (unsigned)i) + offset),
+                                  memory_order_relaxed);
+    return n;
 }
 
+#define SUM(field) (unsigned long long)sum(w, offsetof(fy_shm_worker_t, field))
+
+/* Prometheus text for the whole host: every worker's record is summed. */
+static void metrics(fy_worker_t *w, text_t *t)
+{
+    const fy_shm_hdr_t *h = w->shm.hdr;
+    int i;
+
+    tprintf(t, "# TYPE ferry_tunnels gauge\nferry_tunnels %u\n", h->used);
+    tprintf(t, "# TYPE ferry_workers gauge\nferry_workers %d\n", w->nworkers);
+    tprintf(t, "# TYPE ferry_agent_connections_total counter\nferry_agent_connections_total %llu\n",
+            SUM(agent_connects));
+    tprintf(t, "# TYPE ferry_requests_total counter\nferry_requests_total %llu\n", SUM(requests));
+    tprintf(t, "# TYPE ferry_bytes_total counter\n");
+    tprintf(t, "ferry_bytes_total{direction=\"in\"} %llu\n", SUM(bytes_in));
+    tprintf(t, "ferry_bytes_total{direction=\"out\"} %llu\n", SUM(bytes_out));
+    tprintf(t, "# TYPE ferry_handoffs_total counter\n");
+    tprintf(t, "ferry_handoffs_total{outcome=\"sent\"} %llu\n", SUM(handoffs_sent));
+    tprintf(t, "ferry_handoffs_total{outcome=\"received\"} %llu\n", SUM(handoffs_received));
+    tprintf(t, "ferry_handoffs_total{outcome=\"failed\"} %llu\n", SUM(handoffs_failed));
+    tprintf(t, "# TYPE ferry_errors_total counter\n");
+    for (i = 0; fy_error_codes[i] != NULL; i++)
+        tprintf(t, "ferry_errors_total{code=\"%s\"} %llu\n", fy_error_codes[i],
+                (unsigned long long)sum(w, offsetof(fy_shm_worker_t, errors) + (size_t)i * sizeof(uint64_t)));
+    tprintf(t, "# TYPE ferry_worker_restarts_total counter\nferry_worker_restarts_total %llu\n",
+            (unsigned long long)atomic_load(&w->shm.hdr->worker_restarts));
+    tprintf(t, "# TYPE ferry_reloads_total counter\nferry_reloads_total %llu\n",
+            (unsigned long long)atomic_load(&w->shm.hdr->reloads));
+}
+
+/* Every tunnel on the host, from the shared table, whichever worker asks. */
 static void tunnels_json(fy_worker_t *w, text_t *t)
 {
     uint32_t i;
     bool first = true;
 
     tprintf(t, "{\"tunnels\":[");
-    for (i = 0; w->tunnels != NULL && i < w->ntbuckets; i++) {
-        fy_tunnel_t *tn;
-        for (tn = w->tunnels[i]; tn != NULL; tn = tn->hnext) {
-            /* ids are [a-z0-9-] and addresses are numeric: nothing to escape */
-            tprintf(t, "%s{\"id\":\"%s\",\"worker\":%d,\"worker_pid\":%d,\"connections\":%u,"
-                    "\"connected_since\":%lld,\"requests\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
-                    "\"streams\":%u,\"agent\":\"%s\"}",
-                    first ? "" : ",", tn->id, w->index, (int)getpid(), tn->nconns,
-                    (long long)tn->connected_since, (unsigned long long)tn->requests,
-                    (unsigned long long)tn->bytes_in, (unsigned long long)tn->bytes_out, tn->nstreams,
-                    tn->agent_addr);
-            first = false;
-        }
+    for (i = 0; i < w->shm.hdr->capacity; i++) {
+        fy_shm_entry_t e;
+        int owner;
+        if (!fy_shm_read_slot(&w->shm, i, &e))
+            continue;
+        owner = e.nowners > 0 ? e.owners[0].worker : -1;
+        /* ids are [a-z0-9-] and addresses are numeric: nothing to escape */
+        tprintf(t, "%s{\"id\":\"%s\",\"worker\":%d,\"worker_pid\":%d,\"workers\":[",
+                first ? "" : ",", e.id, owner,
+                owner >= 0 ? (int)atomic_load(&fy_shm_worker(&w->shm, (unsigned)owner)->pid) : 0);
+        for (uint32_t k = 0; k < e.nowners; k++)
+            tprintf(t, "%s%u", k ? "," : "", e.owners[k].worker);
+        tprintf(t, "],\"connections\":%u,\"connected_since\":%lld,\"requests\":%llu,\"bytes_in\":%llu,"
+                "\"bytes_out\":%llu,\"agent\":\"%s\"}",
+                e.nowners, (long long)e.connected_since, (unsigned long long)e.requests,
+                (unsigned long long)e.bytes_in, (unsigned long long)e.bytes_out, e.agent_addr);
+        first = false;
     }
     tprintf(t, "]}\n");
+}
+
+static bool all_workers_up(fy_worker_t *w)
+{
+    int i;
+    for (i = 0; i < w->nworkers; i++)
+        if (atomic_load(&fy_shm_worker(&w->shm, (unsigned)i)->state) != FY_SHM_W_UP)
+            return false;
+    return true;
 }
 
 void fy_admin_request(fy_client_t *c, const fy_h1_request_t *req)
@@ -116,7 +153,12 @@ void fy_admin_request(fy_client_t *c, const fy_h1_request_t *req)
         return;
     }
     if (pl == 7 && memcmp(req->path, "/health", 7) == 0) {
-        fy_client_respond(c, 200, ctype, NULL, w->draining ? "draining\n" : "ok\n", w->draining ? 9 : 3, keep);
+        if (w->draining)
+            fy_client_respond(c, 503, ctype, NULL, "draining\n", 9, keep);
+        else if (!all_workers_up(w))
+            fy_client_respond(c, 503, ctype, NULL, "a worker is down\n", 17, keep);
+        else
+            fy_client_respond(c, 200, ctype, NULL, "ok\n", 3, keep);
         return;
     }
     if (pl == 8 && memcmp(req->path, "/metrics", 8) == 0) {

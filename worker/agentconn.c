@@ -40,25 +40,46 @@ static bool same_session(const fy_tunnel_t *t, const char *s, size_t n)
     return n > 0 && strlen(t->session) == n && memcmp(t->session, s, n) == 0;
 }
 
+/* A refusal the shared table already shows (the master decides for real). */
+static bool refused_by_table(fy_client_t *c, const char *id, const char *holder, const char *sess, size_t sl)
+{
+    fy_shm_entry_t e;
+
+    if (!fy_shm_lookup(&c->w->shm, id, &e))
+        return false;
+    if (strcmp(e.holder, holder) != 0) {
+        fy_client_error(c, false, 409, "tunnel_taken", "tunnel \"%s\" is held by another token", id);
+        return true;
+    }
+    if (sl == 0 || strlen(e.session) != sl || memcmp(e.session, sess, sl) != 0) {
+        fy_client_error(c, false, 409, "tunnel_taken", "tunnel \"%s\" is held by another agent session", id);
+        return true;
+    }
+    if (e.nowners >= FY_TUNNEL_MAX_CONNS) {
+        fy_client_error(c, false, 503, "tunnel_busy", "tunnel \"%s\" already has %d connections", id,
+                        FY_TUNNEL_MAX_CONNS);
+        return true;
+    }
+    return false;
+}
+
 void fy_agentconn_request(fy_client_t *c, const fy_h1_request_t *req, const char *ids, size_t idl)
 {
     fy_worker_t *w = c->w;
     const fy_h1_header_t *key, *ver, *proto, *authz;
     fy_auth_result_t auth;
-    char id[FY_ID_MAX + 1], accept[29], resp[512], session[FY_SESSION_MAX + 1];
+    fy_pending_agent_t *p;
+    char id[FY_ID_MAX + 1], accept[29];
     bool upgrade = (req->flags & FY_H1_F_UPGRADE) != 0;
     const char *sess;
-    size_t sl, head_len = req->head_len, left;
-    fy_agentconn_t *ac;
-    fy_tunnel_t *t;
-    int n, fd;
+    size_t sl;
 
     if (ids == NULL) {
         if (upgrade) {
             fy_client_error(c, false, 400, "bad_request", "agents connect to %s/ID", w->conf->agent_path);
             return;
         }
-        fy_buf_consume(&c->in, head_len);
+        fy_buf_consume(&c->in, req->head_len);
         fy_client_respond(c, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3, true);
         return;
     }
@@ -74,31 +95,14 @@ void fy_agentconn_request(fy_client_t *c, const fy_h1_request_t *req, const char
         return;
     }
     sess = session_of(req, &sl);
-    t = fy_tunnel_find(w, id);
-    if (t != NULL && strcmp(t->holder, auth.holder) != 0) {
-        fy_client_error(c, false, 409, "tunnel_taken", "tunnel \"%s\" is held by another token", id);
+    if (refused_by_table(c, id, auth.holder, sess, sl))
         return;
-    }
-    if (t != NULL && !same_session(t, sess, sl)) {
-        fy_client_error(c, false, 409, "tunnel_taken", "tunnel \"%s\" is held by another agent session", id);
-        return;
-    }
     if (w->draining) {
         fy_client_error(c, false, 503, "draining", "the relay is shutting down; connect again");
         return;
     }
-    if (t != NULL && t->nconns >= FY_TUNNEL_MAX_CONNS) {
-        fy_client_error(c, false, 503, "tunnel_busy", "tunnel \"%s\" already has %d connections", id,
-                        FY_TUNNEL_MAX_CONNS);
-        return;
-    }
-    if (t == NULL && w->ntunnels >= w->conf->limits.max_tunnels) {
-        fy_client_error(c, false, 503, "relay_full", "the relay holds its limit of %llu tunnels",
-                        (unsigned long long)w->conf->limits.max_tunnels);
-        return;
-    }
     if (!upgrade) {
-        fy_buf_consume(&c->in, head_len);
+        fy_buf_consume(&c->in, req->head_len);
         fy_client_respond(c, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3, true);
         return;
     }
@@ -118,44 +122,72 @@ void fy_agentconn_request(fy_client_t *c, const fy_h1_request_t *req, const char
         fy_client_error(c, false, 400, "bad_request", "agents send a Ferry-Session header");
         return;
     }
-    if (fy_buf_len(&c->out) > 0) {
+    if (fy_buf_len(&c->out) > 0 || (p = calloc(1, sizeof(*p))) == NULL) {
         fy_client_error(c, false, 503, "busy", "try again");
         return;
     }
+    /* The master, the table's only writer, decides: ask and park. */
+    strcpy(p->id, id);
+    memcpy(p->session, sess, sl);
+    p->session[sl] = '\0';
+    strcpy(p->holder, auth.holder);
+    memcpy(p->accept, accept, sizeof(p->accept));
+    p->head_len = req->head_len;
+    p->serial = ++w->reg_serial;
+    p->conn = ++w->conn_serial;
+    if (fy_worker_register(w, p, c->peer_addr) != FY_OK) {
+        free(p);
+        fy_client_error(c, false, 503, "busy", "the relay is busy; try again");
+        return;
+    }
+    c->reg = p;
+    c->state = FY_C_REGISTER;
+    c->wait_until = fy_ev_now(w->ev) + 5000;
+    w->nparked++;
+}
+
+/* The master registered the owner: answer 101 and start the tunnel. */
+static void upgrade(fy_client_t *c, fy_pending_agent_t *p)
+{
+    fy_worker_t *w = c->w;
+    fy_agentconn_t *ac;
+    fy_tunnel_t *t;
+    fy_shm_entry_t e;
+    char resp[512];
+    size_t left;
+    int n, fd;
+
     n = snprintf(resp, sizeof(resp),
                  "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 "Sec-WebSocket-Accept: %s\r\nSec-WebSocket-Protocol: ferry.1\r\n\r\n", accept);
-    /* A fresh connection's socket buffer is empty: the 101 goes out whole. */
-    if (write(c->io.fd, resp, (size_t)n) != n) {
+                 "Sec-WebSocket-Accept: %s\r\nSec-WebSocket-Protocol: ferry.1\r\n\r\n", p->accept);
+    /* Nothing was written to this connection yet: the 101 goes out whole. */
+    if (write(c->io.fd, resp, (size_t)n) != n || (ac = calloc(1, sizeof(*ac))) == NULL) {
+        fy_worker_unregister(w, p->id, p->conn);
         fy_client_close(c);
         return;
     }
-    if ((ac = calloc(1, sizeof(*ac))) == NULL) {
-        fy_client_close(c);
-        return;
-    }
-    memcpy(session, sess, sl);
-    session[sl] = '\0';
-    if (t == NULL && (t = fy_tunnel_add(w, id, session, auth.holder)) == NULL) {
+    if ((t = fy_tunnel_find(w, p->id)) == NULL && (t = fy_tunnel_add(w, p->id, p->session, p->holder)) == NULL) {
         free(ac);
+        fy_worker_unregister(w, p->id, p->conn);
         fy_client_close(c);
         return;
     }
+    if (fy_shm_lookup(&w->shm, p->id, &e))
+        t->slot = e.index;
     ac->w = w;
     ac->tunnel = t;
+    ac->serial = p->conn;
     ac->port = c->port;
     memcpy(ac->addr, c->peer_addr, sizeof(ac->addr));
     t->conns[t->nconns++] = ac;
-    if (t->nconns == 1)
-        memcpy(t->agent_addr, c->peer_addr, sizeof(t->agent_addr));
     ac->timer.cb = on_watchdog;
     ac->timer.data = ac;
     ac->next = w->agents;
     if (w->agents)
         w->agents->prev = ac;
     w->agents = ac;
-    w->agent_connects++;
-    fy_buf_consume(&c->in, head_len);
+    atomic_fetch_add_explicit(&w->rec->agent_connects, 1, memory_order_relaxed);
+    fy_buf_consume(&c->in, p->head_len);
     left = fy_buf_len(&c->in);
     fd = c->io.fd;
     fy_io_del(w->ev, &c->io);
@@ -167,8 +199,37 @@ void fy_agentconn_request(fy_client_t *c, const fy_h1_request_t *req, const char
     }
     fy_client_close(c);
     fy_timer_arm(w->ev, &ac->timer, AGENT_DEAD_MS);
-    fy_log_info("agent %s connected for tunnel \"%s\" (connection %u of session %.8s...)", ac->addr, id,
-                t->nconns, session);
+    fy_log_info("agent %s connected for tunnel \"%s\" on worker %d (connection %u of session %.8s...)",
+                ac->addr, p->id, w->index, t->nconns, p->session);
+}
+
+void fy_agentconn_registered(fy_client_t *c, int result)
+{
+    fy_pending_agent_t *p = c->reg;
+
+    c->reg = NULL;
+    c->state = FY_C_HEAD;
+    c->w->nparked--;
+    switch (result) {
+    case FY_SHM_ADDED:
+        upgrade(c, p);
+        break;
+    case FY_SHM_TAKEN_TOKEN:
+        fy_client_error(c, false, 409, "tunnel_taken", "tunnel \"%s\" is held by another token", p->id);
+        break;
+    case FY_SHM_TAKEN_SESSION:
+        fy_client_error(c, false, 409, "tunnel_taken", "tunnel \"%s\" is held by another agent session", p->id);
+        break;
+    case FY_SHM_TOO_MANY:
+        fy_client_error(c, false, 503, "tunnel_busy", "tunnel \"%s\" already has %d connections", p->id,
+                        FY_TUNNEL_MAX_CONNS);
+        break;
+    default:
+        fy_client_error(c, false, 503, "relay_full", "the relay holds its limit of %llu tunnels",
+                        (unsigned long long)c->w->conf->limits.max_tunnels);
+        break;
+    }
+    free(p);
 }
 
 fy_agentconn_t *fy_agentconn_pick(fy_tunnel_t *t)
@@ -223,6 +284,7 @@ int fy_agentconn_open_stream(fy_agentconn_t *ac, fy_client_t *c)
     if (fy_tun_send(&ac->tun, FY_MUX_OPEN, c->sid, open, ol) != FY_OK)
         return FY_ERR;
     c->ac = ac;
+    c->slot = ac->tunnel->slot;
     fy_mux_credit_init(&c->credit, FY_MUX_STREAM_WINDOW);
     c->fin_rx = c->fin_tx = false;
     c->rstate = FY_R_HEAD;
@@ -317,6 +379,7 @@ static void on_frame(fy_tun_t *t, const fy_mux_event_t *e)
             return;
         }
         send_ready(ac);
+        fy_worker_wake(ac->w, ac->tunnel->id);
         return;
     case FY_MUX_WINDOW:
         if ((c = stream_find(ac, e->hdr.stream)) == NULL)
@@ -400,6 +463,7 @@ static void on_close(fy_tun_t *t, const char *why)
             }
         }
         fy_log_info("agent %s disconnected from tunnel \"%s\": %s", ac->addr, tn->id, why ? why : "closed");
+        fy_worker_unregister(w, tn->id, ac->serial);
         if (tn->nconns == 0)
             fy_tunnel_remove(w, tn);
     }

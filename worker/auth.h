@@ -39,4 +39,18 @@ typedef struct fy_auth_result_s {
 void fy_auth_check(const fy_auth_t *a, const char *authz, size_t authz_len, const char *id,
                    fy_auth_result_t *res);
 
+/* fy_auth_check at Unix time now (seconds), for expiry: tests and benches. */
+void fy_auth_check_at(const fy_auth_t *a, const char *authz, size_t authz_len, const char *id, uint64_t now,
+                      fy_auth_result_t *res);
+
+/*
+ * Read the relay's key file (written by `ferryd keygen`): a regular file
+ * that group and others cannot access (mode & 077 == 0), else refused.
+ * Fills pk (32 bytes) and, if sk is not NULL, the 64-byte libsodium secret
+ * key, which the caller wipes with sodium_memzero when done. Everything
+ * else read is wiped here. FY_OK, or FY_ERR with err filled ("auth.key
+ * FILE: why"); never logs key material.
+ */
+int fy_auth_read_key(const char *path, uint8_t *sk, uint8_t pk[FY_TOKEN_PK], char *err, size_t errlen) FY_MUST_USE;
+
 #endif

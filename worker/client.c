@@ -38,13 +38,13 @@ static size_t in_max(const fy_client_t *c)
     return c->w->conf->limits.max_header_bytes + CLIENT_BODY_BUF;
 }
 
-void fy_client_accept(fy_worker_t *w, fy_listener_t *l, int fd, const struct sockaddr_storage *peer)
+static fy_client_t *client_new(fy_worker_t *w, int fd, int port, bool admin, const struct sockaddr_storage *peer)
 {
     fy_client_t *c = calloc(1, sizeof(*c));
 
     if (c == NULL) {
         close(fd);
-        return;
+        return NULL;
     }
     c->w = w;
     c->io.fd = fd;
@@ -54,9 +54,10 @@ void fy_client_accept(fy_worker_t *w, fy_listener_t *l, int fd, const struct soc
     c->timer.data = c;
     c->free_task.cb = free_task;
     c->free_task.data = c;
-    c->admin = l->admin;
-    c->port = l->port;
+    c->admin = admin;
+    c->port = port;
     c->peer = *peer;
+    c->handoff_to = -1;
     fy_net_format_ip((const struct sockaddr *)peer, c->peer_ip);
     fy_net_format((const struct sockaddr *)peer, c->peer_addr);
     c->last_active = fy_ev_now(w->ev);
@@ -67,7 +68,46 @@ void fy_client_accept(fy_worker_t *w, fy_listener_t *l, int fd, const struct soc
         w->clients->prev = c;
     w->clients = c;
     w->nclients++;
+    return c;
+}
+
+void fy_client_accept(fy_worker_t *w, fy_listener_t *l, int fd, const struct sockaddr_storage *peer)
+{
+    fy_client_t *c = client_new(w, fd, l->port, l->admin, peer);
+    if (c != NULL)
+        update(c);
+}
+
+void fy_client_adopt(fy_worker_t *w, int fd, const fy_handoff_hdr_t *h, const uint8_t *bytes)
+{
+    fy_client_t *c = client_new(w, fd, h->port, false, &h->peer);
+
+    if (c == NULL)
+        return;
+    c->hops = h->hops;
+    if (fy_buf_append(&c->in, bytes, h->len, in_max(c)) != FY_OK) {
+        fy_client_error(c, false, 431, "header_too_large", "the request head is too large");
+        return;
+    }
+    process(c);
     update(c);
+}
+
+void fy_client_resume(fy_client_t *c)
+{
+    if (c->closed)
+        return;
+    process(c);
+    update(c);
+}
+
+void fy_client_handoff_failed(fy_client_t *c)
+{
+    c->state = FY_C_HEAD;
+    c->w->nparked--;
+    atomic_fetch_add_explicit(&c->w->rec->handoffs_failed, 1, memory_order_relaxed);
+    fy_client_error(c, false, 503, "handoff_failed", "tunnel \"%s\": its worker is not taking connections; try again",
+                    c->tunnel_id);
 }
 
 /* --- responses of our own ------------------------------------------------ */
@@ -135,7 +175,7 @@ void fy_client_error(fy_client_t *c, bool keep, int status, const char *code, co
     body[n++] = '\n';
     snprintf(extra, sizeof(extra), "X-Ferry-Error: %s\r\n%s", code,
              status == 503 ? "Retry-After: 1\r\n" : "");
-    c->w->errors[fy_error_index(code)]++;
+    fy_worker_count_error(c->w, fy_error_index(code));
     fy_client_respond(c, status, "text/plain; charset=utf-8", extra, body, (size_t)n, keep);
 }
 
@@ -178,6 +218,10 @@ void fy_client_close(fy_client_t *c)
     c->closed = true;
     if (c->ac != NULL)
         fy_agentconn_end_stream(c, FY_MUX_RST_CANCEL);
+    if (c->state == FY_C_REGISTER || c->state == FY_C_TUNNEL_WAIT || c->state == FY_C_HANDOFF)
+        c->w->nparked--;
+    free(c->reg);   /* the master's answer finds no client and undoes the registration */
+    c->reg = NULL;
     fy_io_del(c->w->ev, &c->io);
     fy_timer_stop(c->w->ev, &c->timer);
     if (c->io.fd >= 0)
@@ -384,9 +428,7 @@ void fy_client_on_data(fy_client_t *c, const uint8_t *p, size_t n)
     c->out_unscanned += n;
     c->out_credit += n;
     c->last_active = fy_ev_now(c->w->ev);
-    if (c->ac && c->ac->tunnel)
-        c->ac->tunnel->bytes_out += n;
-    c->w->bytes_to_clients += n;
+    fy_worker_count(c->w, c->slot, 0, 0, n);
     scan_response(c);
     if (c->closed)
         return;
@@ -541,6 +583,49 @@ static bool agent_path(const fy_worker_t *w, const fy_h1_request_t *req, const c
     return true;
 }
 
+/*
+ * The worker to hand c to for tunnel id, when another worker holds it, or
+ * -1. Owners are taken in turn. A connection moves at most twice, so a
+ * table that changes under it cannot bounce it around.
+ */
+static int owner_elsewhere(fy_client_t *c, const char *id)
+{
+    fy_worker_t *w = c->w;
+    fy_shm_entry_t e;
+    uint32_t i;
+
+    if (c->admin || c->hops >= 2 || !fy_shm_lookup(&w->shm, id, &e) || e.nowners == 0)
+        return -1;
+    for (i = 0; i < e.nowners; i++) {
+        const fy_shm_owner_t *o = &e.owners[(w->rr + i) % e.nowners];
+        if (o->worker != w->index && o->worker < w->nworkers) {
+            w->rr++;
+            return o->worker;
+        }
+    }
+    return -1;
+}
+
+/* A tunnel that is not connected: wait up to tunnel_wait for it (an agent
+ * reconnecting after a crash or a restart loses no request). */
+static bool park_for_tunnel(fy_client_t *c, const char *id)
+{
+    fy_worker_t *w = c->w;
+    uint64_t now = fy_ev_now(w->ev);
+
+    if (w->conf->limits.tunnel_wait == 0 || w->draining)
+        return false;
+    if (c->wait_until == 0)
+        c->wait_until = now + w->conf->limits.tunnel_wait;
+    else if (now >= c->wait_until)
+        return false;
+    strcpy(c->tunnel_id, id);
+    c->state = FY_C_TUNNEL_WAIT;
+    w->nparked++;
+    fy_worker_arm_retry(w);
+    return true;
+}
+
 static bool step_head(fy_client_t *c)
 {
     fy_worker_t *w = c->w;
@@ -605,13 +690,23 @@ static bool step_head(fy_client_t *c)
     if (c->ac != NULL && (c->fin_rx || c->ac->draining || strcmp(id, c->tunnel_id) != 0))
         fy_agentconn_end_stream(c, FY_MUX_RST_DONE);
     if (c->ac == NULL) {
-        fy_agentconn_t *ac;
-        if ((t = fy_tunnel_find(w, id)) == NULL || (ac = fy_agentconn_pick(t)) == NULL) {
+        fy_agentconn_t *ac = NULL;
+        if ((t = fy_tunnel_find(w, id)) != NULL)
+            ac = fy_agentconn_pick(t);
+        if (ac == NULL) {
+            int target = owner_elsewhere(c, id);
+            if (target >= 0) {
+                fy_worker_handoff(w, c, target);
+                return false;
+            }
+            if (park_for_tunnel(c, id))
+                return false;
             char msg[128];
             snprintf(msg, sizeof(msg), "tunnel \"%s\" is not connected", id);
             request_error(c, &req, 404, "tunnel_offline", msg);
             return !c->closed && c->state == FY_C_HEAD;
         }
+        c->wait_until = 0;
         if (t->nstreams >= conf->limits.max_streams_per_tunnel) {
             fy_client_error(c, false, 503, "tunnel_busy", "tunnel \"%s\" is at its limit of %llu streams", id,
                             (unsigned long long)conf->limits.max_streams_per_tunnel);
@@ -649,9 +744,7 @@ forward:
         c->head_bits |= 1ull << c->pending;
     if (c->pending++ == 0)
         c->waiting_since = fy_ev_now(w->ev);
-    c->ac->tunnel->requests++;
-    c->ac->tunnel->bytes_in += (uint64_t)hl;
-    w->requests++;
+    fy_worker_count(w, c->slot, 1, (uint64_t)hl, 0);
     if (req.flags & FY_H1_F_CLOSE)
         c->state = FY_C_DONE, c->close_after = true;
     if (req.body == FY_H1_BODY_CHUNKED) {
@@ -709,8 +802,7 @@ static bool step_forward(fy_client_t *c)
         return false;
     }
     fy_buf_consume(&c->in, n);
-    c->ac->tunnel->bytes_in += n;
-    c->w->bytes_from_clients += n;
+    fy_worker_count(c->w, c->slot, 0, n, 0);
     if (done)
         c->state = c->close_after ? FY_C_DONE : FY_C_HEAD;
     return n > 0 || done;
@@ -789,6 +881,8 @@ static void arm_timer(fy_client_t *c)
 
     if (c->linger)
         d = c->last_active + LINGER_MS;
+    else if (c->state == FY_C_REGISTER || c->state == FY_C_TUNNEL_WAIT || c->state == FY_C_HANDOFF)
+        d = c->last_active + conf->limits.idle_timeout;   /* the worker's retry timer handles them */
     else if (c->waiting_since != 0)
         d = c->waiting_since + conf->limits.upstream_timeout;
     else if (c->state == FY_C_HEAD && c->head_started != 0 && c->pending == 0)

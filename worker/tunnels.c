@@ -44,7 +44,6 @@ fy_tunnel_t *fy_tunnel_add(fy_worker_t *w, const char *id, const char *session, 
     strcpy(t->id, id);
     strcpy(t->session, session);
     strcpy(t->holder, holder);
-    t->connected_since = (int64_t)time(NULL);
     b = &w->tunnels[hash_id(id) & (w->ntbuckets - 1)];
     t->hnext = *b;
     *b = t;

@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -77,6 +78,7 @@ static void on_signal(fy_ev_t *ev, fy_io_t *io, uint32_t events)
                 break;
             w->draining = true;
             w->drain_deadline = fy_ev_now(ev) + w->conf->limits.drain_timeout;
+            atomic_store(&w->rec->state, FY_SHM_W_DRAINING);
             stop_listening(w);
             fy_agentconn_goaway_all(w);
             fy_timer_arm(ev, &w->drain_timer, DRAIN_CHECK_MS);
@@ -85,53 +87,256 @@ static void on_signal(fy_ev_t *ev, fy_io_t *io, uint32_t events)
         case SIGINT:
             fy_ev_stop(ev);
             break;
+        case SIGUSR1:
+            break;   /* log reopening is the operations issue's */
         default:
             break;
         }
     }
 }
 
-int fy_worker_main(fy_conf_t *conf, int index, const int *fds, const int *ports, const bool *admin, int nfds)
+/* --- the control channel to the master ------------------------------------- */
+
+int fy_worker_register(fy_worker_t *w, const fy_pending_agent_t *p, const char *addr)
+{
+    fy_ctl_msg_t m;
+    memset(&m, 0, sizeof(m));
+    m.type = FY_CTL_REGISTER;
+    m.serial = p->serial;
+    m.conn = p->conn;
+    m.worker = (uint16_t)w->index;
+    snprintf(m.id, sizeof(m.id), "%s", p->id);
+    snprintf(m.session, sizeof(m.session), "%s", p->session);
+    snprintf(m.holder, sizeof(m.holder), "%s", p->holder);
+    snprintf(m.addr, sizeof(m.addr), "%s", addr);
+    return fy_chan_send(&w->ctl, &m) == FY_OK ? FY_OK : FY_ERR;
+}
+
+void fy_worker_unregister(fy_worker_t *w, const char *id, uint32_t conn)
+{
+    fy_ctl_msg_t m;
+    memset(&m, 0, sizeof(m));
+    m.type = FY_CTL_UNREGISTER;
+    m.conn = conn;
+    m.worker = (uint16_t)w->index;
+    snprintf(m.id, sizeof(m.id), "%s", id);
+    if (fy_chan_send(&w->ctl, &m) != FY_OK)
+        fy_log_err("worker %d: could not tell the master that tunnel \"%s\" lost a connection", w->index, id);
+}
+
+static void on_ctl(fy_chan_t *ch, const fy_ctl_msg_t *m)
+{
+    fy_worker_t *w = ch->data;
+    fy_client_t *c;
+
+    switch (m->type) {
+    case FY_CTL_REGISTERED:
+        for (c = w->clients; c != NULL; c = c->next) {
+            if (c->state == FY_C_REGISTER && c->reg != NULL && c->reg->serial == m->serial) {
+                fy_agentconn_registered(c, m->result);
+                return;
+            }
+        }
+        /* The agent went away while the master was deciding. */
+        if (m->result == FY_SHM_ADDED)
+            fy_worker_unregister(w, m->id, m->conn);
+        return;
+    case FY_CTL_TUNNEL_UP:
+        fy_worker_wake(w, m->id);
+        return;
+    default:
+        return;
+    }
+}
+
+static void on_ctl_close(fy_chan_t *ch)
+{
+    fy_worker_t *w = ch->data;
+    /* The master is gone: nothing can register or supervise; leave. */
+    fy_log_err("worker %d: lost the master; exiting", w->index);
+    fy_ev_stop(w->ev);
+}
+
+/* --- handoffs ----------------------------------------------------------------- */
+
+void fy_worker_handoff(fy_worker_t *w, fy_client_t *c, int target)
+{
+    fy_handoff_hdr_t h;
+    int rc, fd;
+
+    memset(&h, 0, sizeof(h));
+    h.magic = FY_HANDOFF_MAGIC;
+    h.hops = (uint16_t)(c->hops + 1);
+    h.port = (uint16_t)c->port;
+    h.len = (uint32_t)fy_buf_len(&c->in);
+    h.peer = c->peer;
+    rc = fy_handoff_send(w->mailbox_send[target], &h, fy_buf_data(&c->in), c->io.fd);
+    if (rc == FY_OK) {
+        atomic_fetch_add_explicit(&w->rec->handoffs_sent, 1, memory_order_relaxed);
+        if (c->state == FY_C_HANDOFF)
+            w->nparked--;
+        c->state = FY_C_HEAD;
+        /* The owner has the socket now: close ours, never shutdown(). */
+        fd = fy_client_detach_fd(c);
+        close(fd);
+        return;
+    }
+    if (rc == FY_AGAIN && c->state != FY_C_HANDOFF) {
+        c->state = FY_C_HANDOFF;
+        c->handoff_to = target;
+        c->wait_until = fy_ev_now(w->ev) + 500;
+        w->nparked++;
+        fy_worker_arm_retry(w);
+        return;
+    }
+    if (rc == FY_AGAIN && fy_ev_now(w->ev) < c->wait_until)
+        return;
+    if (c->state != FY_C_HANDOFF) {
+        c->state = FY_C_HANDOFF;
+        w->nparked++;
+    }
+    fy_log_warn("worker %d: handoff to worker %d failed: %s", w->index, target,
+                rc == FY_AGAIN ? "its mailbox stayed full" : strerror(errno));
+    fy_client_handoff_failed(c);
+}
+
+static void on_mailbox(fy_ev_t *ev, fy_io_t *io, uint32_t events)
+{
+    fy_worker_t *w = io->data;
+    int i;
+
+    for (i = 0; i < 64; i++) {
+        int fd;
+        ssize_t n = fy_handoff_recv(io->fd, w->mailbox_buf, w->mailbox_cap, &fd);
+        if (n == FY_AGAIN)
+            return;
+        if (n < 0) {
+            fy_log_warn("worker %d: dropped a malformed handoff message", w->index);
+            continue;
+        }
+        atomic_fetch_add_explicit(&w->rec->handoffs_received, 1, memory_order_relaxed);
+        fy_net_nodelay(fd);
+        fy_client_adopt(w, fd, (const fy_handoff_hdr_t *)w->mailbox_buf,
+                        w->mailbox_buf + sizeof(fy_handoff_hdr_t));
+    }
+}
+
+/* --- parked clients ------------------------------------------------------------- */
+
+#define RETRY_MS 20
+
+void fy_worker_arm_retry(fy_worker_t *w)
+{
+    if (!fy_timer_armed(&w->retry_timer))
+        fy_timer_arm(w->ev, &w->retry_timer, RETRY_MS);
+}
+
+void fy_worker_wake(fy_worker_t *w, const char *id)
+{
+    fy_client_t *c, *next;
+    uint64_t now = fy_ev_now(w->ev);
+
+    for (c = w->clients; c != NULL && w->nparked > 0; c = next) {
+        next = c->next;
+        switch (c->state) {
+        case FY_C_TUNNEL_WAIT:
+            if ((id != NULL && strcmp(id, c->tunnel_id) == 0) || now >= c->wait_until
+                || (id == NULL && fy_shm_lookup(&w->shm, c->tunnel_id, &(fy_shm_entry_t){0}))) {
+                c->state = FY_C_HEAD;
+                w->nparked--;
+                fy_client_resume(c);
+            }
+            break;
+        case FY_C_HANDOFF:
+            if (id == NULL)
+                fy_worker_handoff(w, c, c->handoff_to);
+            break;
+        case FY_C_REGISTER:
+            if (now >= c->wait_until) {
+                free(c->reg);
+                c->reg = NULL;
+                c->state = FY_C_HEAD;
+                w->nparked--;
+                fy_client_error(c, false, 503, "busy", "the relay did not register the tunnel in time");
+            }
+            break;
+        default:
+            break;
+        }
+    }
+    if (w->nparked > 0)
+        fy_worker_arm_retry(w);
+}
+
+static void on_retry(fy_ev_t *ev, fy_timer_t *t)
+{
+    fy_worker_wake(t->data, NULL);
+}
+
+int fy_worker_main(const fy_worker_setup_t *st)
 {
     fy_worker_t w;
     sigset_t set;
     int i;
 
     memset(&w, 0, sizeof(w));
-    w.conf = conf;
-    w.index = index;
-    if ((w.ev = fy_ev_new()) == NULL) {
-        fy_log(FY_LOG_ERR, errno, "worker %d: event loop", index);
+    w.conf = st->conf;
+    w.index = st->index;
+    w.nworkers = st->nworkers;
+    if ((w.ev = fy_ev_new()) == NULL || fy_shm_attach(&w.shm, st->shm_fd) != FY_OK) {
+        fy_log(FY_LOG_ERR, errno, "worker %d: start", st->index);
         return 1;
     }
+    w.rec = fy_shm_worker(&w.shm, (unsigned)w.index);
+    /* The other workers' mailboxes are theirs to read. */
+    for (i = 0; i < st->nworkers; i++) {
+        w.mailbox_send[i] = st->mailbox_send[i];
+        if (i != st->index)
+            close(st->mailbox_recv[i]);
+    }
+    w.mailbox_cap = sizeof(fy_handoff_hdr_t) + w.conf->limits.max_header_bytes + 128 * 1024;
+    if ((w.mailbox_buf = malloc(w.mailbox_cap)) == NULL)
+        return 1;
+    w.mailbox.fd = st->mailbox_recv[st->index];
+    w.mailbox.cb = on_mailbox;
+    w.mailbox.data = &w;
+    w.retry_timer.cb = on_retry;
+    w.retry_timer.data = &w;
     sigemptyset(&set);
     sigaddset(&set, SIGQUIT);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
     sigprocmask(SIG_BLOCK, &set, NULL);
     w.sigio.fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     w.sigio.cb = on_signal;
     w.sigio.data = &w;
     w.drain_timer.cb = on_drain_timer;
     w.drain_timer.data = &w;
-    if (w.sigio.fd < 0 || fy_io_set(w.ev, &w.sigio, EPOLLIN) != FY_OK) {
-        fy_log(FY_LOG_ERR, errno, "worker %d: signalfd", index);
+    if (w.sigio.fd < 0 || fy_io_set(w.ev, &w.sigio, EPOLLIN) != FY_OK
+        || fy_chan_open(&w.ctl, w.ev, st->ctl_fd, on_ctl, on_ctl_close, &w) != FY_OK
+        || fy_io_set(w.ev, &w.mailbox, EPOLLIN) != FY_OK) {
+        fy_log(FY_LOG_ERR, errno, "worker %d: setup", w.index);
         return 1;
     }
-    for (i = 0; i < nfds; i++) {
+    for (i = 0; i < st->nfds; i++) {
         fy_listener_t *l = &w.listeners[w.nlisteners++];
-        l->io.fd = fds[i];
+        l->io.fd = st->fds[i];
         l->io.cb = on_accept;
         l->io.data = l;
         l->w = &w;
-        l->port = ports[i];
-        l->admin = admin[i];
+        l->port = st->ports[i];
+        l->admin = st->admin[i];
         if (fy_io_set(w.ev, &l->io, EPOLLIN | EPOLLEXCLUSIVE) != FY_OK) {
-            fy_log(FY_LOG_ERR, errno, "worker %d: epoll", index);
+            fy_log(FY_LOG_ERR, errno, "worker %d: epoll", w.index);
             return 1;
         }
     }
-    fy_log_info("worker %d started", index);
+    atomic_store(&w.rec->pid, (int32_t)getpid());
+    atomic_fetch_add(&w.rec->generation, 1);
+    atomic_store(&w.rec->state, FY_SHM_W_UP);
+    fy_log_info("worker %d started", w.index);
     fy_ev_run(w.ev);
+    atomic_store(&w.rec->state, FY_SHM_W_DOWN);
     return 0;
 }

@@ -22,6 +22,8 @@
 #include "net/net.h"
 #include "tun/tun.h"
 #include "worker/auth.h"
+#include "worker/chan.h"
+#include "shm/table.h"
 
 #include <sys/socket.h>
 
@@ -42,6 +44,8 @@ struct fy_listener_s {
     bool          admin;
 };
 
+/* The tunnels that have connections on this worker (the host-wide view is
+ * the shared-memory table). */
 struct fy_tunnel_s {
     fy_tunnel_t    *hnext;
     char            id[FY_ID_MAX + 1];
@@ -51,9 +55,7 @@ struct fy_tunnel_s {
     unsigned        nconns;
     unsigned        rr;              /* round-robin cursor over conns */
     uint32_t        nstreams;
-    int64_t         connected_since; /* unix seconds */
-    uint64_t        requests, bytes_in, bytes_out;
-    char            agent_addr[FY_ADDRSTRLEN];
+    uint32_t        slot;            /* its slot in the shared table (for counters) */
 };
 
 struct fy_agentconn_s {
@@ -68,6 +70,7 @@ struct fy_agentconn_s {
     uint32_t        nbuckets;
     uint32_t        nstreams;
     fy_timer_t      timer;           /* heartbeat watchdog */
+    uint32_t        serial;          /* this worker's number for it (shared-table owner) */
     int             port;            /* listener port the agent came in on */
     char            addr[FY_ADDRSTRLEN];
 };
@@ -79,7 +82,21 @@ enum fy_client_state {
     FY_C_UPGRADE,     /* upgrade request sent, waiting for 101 or not */
     FY_C_TUNNEL,      /* after 101: raw bytes both ways */
     FY_C_DONE,        /* no more requests: finish responses, then close */
+    FY_C_REGISTER,    /* agent upgrade: waiting for the master to register the tunnel */
+    FY_C_TUNNEL_WAIT, /* the named tunnel is not connected: waiting up to tunnel_wait */
+    FY_C_HANDOFF,     /* the owner's mailbox was full: retrying the handoff */
 };
+
+/* What an agent upgrade needs once the master has answered. */
+typedef struct fy_pending_agent_s {
+    char     id[FY_ID_MAX + 1];
+    char     session[FY_SESSION_MAX + 1];
+    char     holder[FY_AUTH_HOLDER_MAX + 1];
+    char     accept[29];
+    size_t   head_len;
+    uint32_t serial;       /* the REGISTER request's */
+    uint32_t conn;         /* the agent connection's serial */
+} fy_pending_agent_t;
 
 enum fy_resp_state {
     FY_R_HEAD = 0, FY_R_LENGTH, FY_R_CHUNKED, FY_R_CLOSE, FY_R_TUNNEL,
@@ -129,12 +146,28 @@ struct fy_client_s {
     bool             resp_started;    /* bytes of the current response have arrived */
     bool             close_after;     /* close once the responses in flight are written */
     uint64_t         waiting_since;   /* ms: request sent and no response byte yet (0 = not waiting) */
+    uint64_t         wait_until;      /* ms: FY_C_TUNNEL_WAIT / FY_C_HANDOFF deadline */
+    uint16_t         hops;            /* times this connection was handed over */
+    int              handoff_to;      /* FY_C_HANDOFF: the target worker */
+    fy_pending_agent_t *reg;          /* FY_C_REGISTER */
+    uint32_t         slot;            /* the tunnel's shared-table slot while attached */
 };
 
 struct fy_worker_s {
     fy_ev_t         *ev;
     fy_conf_t       *conf;
     int              index;
+    int              nworkers;
+    fy_shm_t         shm;
+    fy_shm_worker_t *rec;             /* this worker's record in the shared region */
+    fy_chan_t        ctl;             /* to the master */
+    fy_io_t          mailbox;         /* handoffs to this worker */
+    int              mailbox_send[FY_SHM_MAX_WORKERS];
+    uint8_t         *mailbox_buf;
+    size_t           mailbox_cap;
+    uint32_t         conn_serial, reg_serial;
+    unsigned         rr;
+    fy_timer_t       retry_timer;     /* handoff retries and tunnel_wait expiry */
     fy_listener_t    listeners[FY_CONF_MAX_LISTEN + 1];
     int              nlisteners;
     fy_tunnel_t    **tunnels;         /* hash buckets */
@@ -143,20 +176,54 @@ struct fy_worker_s {
     fy_agentconn_t  *agents;
     fy_client_t     *clients;
     uint32_t         nclients;
+    uint32_t         nparked;         /* clients in REGISTER, TUNNEL_WAIT or HANDOFF */
     bool             draining;
     uint64_t         drain_deadline;
     fy_io_t          sigio;
     fy_timer_t       drain_timer;
-    /* counters for /metrics */
-    uint64_t         requests;
-    uint64_t         bytes_from_clients, bytes_to_clients;
-    uint64_t         errors[16];
-    uint64_t         agent_connects;
 };
 
+/* What the master gives a worker it forks. */
+typedef struct fy_worker_setup_s {
+    fy_conf_t *conf;
+    int        index;
+    int        nworkers;
+    int        nfds;
+    int        fds[FY_CONF_MAX_LISTEN + 1];
+    int        ports[FY_CONF_MAX_LISTEN + 1];
+    bool       admin[FY_CONF_MAX_LISTEN + 1];
+    int        shm_fd;
+    int        ctl_fd;
+    int        mailbox_recv[FY_SHM_MAX_WORKERS];   /* the master's; the worker keeps only its own */
+    int        mailbox_send[FY_SHM_MAX_WORKERS];
+} fy_worker_setup_t;
+
 /* worker.c */
-int fy_worker_main(fy_conf_t *conf, int index, const int *listen_fds, const int *ports,
-                   const bool *admin, int nfds);
+int fy_worker_main(const fy_worker_setup_t *setup);
+/* Ask the master to add or remove a tunnel owner. */
+int fy_worker_register(fy_worker_t *w, const fy_pending_agent_t *p, const char *addr) FY_MUST_USE;
+void fy_worker_unregister(fy_worker_t *w, const char *id, uint32_t conn);
+/* Hand c over to worker target (c is gone afterwards, or parked to retry). */
+void fy_worker_handoff(fy_worker_t *w, fy_client_t *c, int target);
+/* Re-examine parked clients (a tunnel came up, a deadline passed). */
+void fy_worker_wake(fy_worker_t *w, const char *id);
+/* Make sure the parked clients are looked at again soon (never recurses). */
+void fy_worker_arm_retry(fy_worker_t *w);
+static inline void fy_worker_count_error(fy_worker_t *w, int idx)
+{
+    atomic_fetch_add_explicit(&w->rec->errors[idx], 1, memory_order_relaxed);
+}
+/* Traffic of a tunnel (its shared slot) and of this worker. */
+static inline void fy_worker_count(fy_worker_t *w, uint32_t slot, uint64_t requests, uint64_t in, uint64_t out)
+{
+    fy_shm_count(&w->shm, slot, requests, in, out);
+    if (requests)
+        atomic_fetch_add_explicit(&w->rec->requests, requests, memory_order_relaxed);
+    if (in)
+        atomic_fetch_add_explicit(&w->rec->bytes_in, in, memory_order_relaxed);
+    if (out)
+        atomic_fetch_add_explicit(&w->rec->bytes_out, out, memory_order_relaxed);
+}
 
 /* tunnels.c: the worker's tunnel table. */
 fy_tunnel_t *fy_tunnel_find(fy_worker_t *w, const char *id);
@@ -173,9 +240,17 @@ int fy_agentconn_open_stream(fy_agentconn_t *ac, fy_client_t *c) FY_MUST_USE;
 /* Detach c's stream from its connection (RST with code unless 0). */
 void fy_agentconn_end_stream(fy_client_t *c, uint32_t code);
 void fy_agentconn_goaway_all(fy_worker_t *w);
+/* The master answered c's registration (enum fy_shm_add). */
+void fy_agentconn_registered(fy_client_t *c, int result);
 
 /* client.c */
 void fy_client_accept(fy_worker_t *w, fy_listener_t *l, int fd, const struct sockaddr_storage *peer);
+/* Take over a connection handed over by another worker, with the bytes it read. */
+void fy_client_adopt(fy_worker_t *w, int fd, const fy_handoff_hdr_t *h, const uint8_t *bytes);
+/* Continue a parked client (registration answer, tunnel up, retry). */
+void fy_client_resume(fy_client_t *c);
+/* Called when the handoff of c could not be done: answers 503. */
+void fy_client_handoff_failed(fy_client_t *c);
 /* Stream events from the agent side. */
 void fy_client_on_data(fy_client_t *c, const uint8_t *p, size_t n);
 void fy_client_on_fin(fy_client_t *c);
