@@ -82,9 +82,9 @@ alive() { kill -0 "${PIDS[-1]}" 2>/dev/null; }
 # Free loopback ports, all held open at once so they are distinct. Another
 # process could take one before our server binds it; that shows up as a
 # failed start, not a wrong number.
-read -r NGINX_PORT FERRY_PORT ADMIN_PORT < <("$PY" -c '
+read -r NGINX_PORT FERRY_PORT ADMIN_PORT FERRY4_PORT ADMIN4_PORT < <("$PY" -c '
 import socket
-ss = [socket.socket() for _ in range(3)]
+ss = [socket.socket() for _ in range(5)]
 for s in ss:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in ss))
@@ -165,42 +165,48 @@ wait_200 "http://127.0.0.1:$NGINX_PORT/1k" ||
     die "nginx not ready on :$NGINX_PORT: $(tail -n 5 "$TMP/nginx/error.log" "$TMP/nginx.err" 2>/dev/null)"
 
 # --- ferryd + agent -----------------------------------------------------------
-FERRY_READY=0
-FERRY_WHY=
+# Two relays: one worker (every request lands on the tunnel's owner), and
+# four workers, where most new connections land on a worker that does not
+# own the tunnel and are handed to the owner (the handoff path).
 FERRY_HDR=(-H "Host: bench.localhost")
-cat >"$TMP/ferryd.yml" <<EOF
-listen: ["127.0.0.1:$FERRY_PORT"]
-admin: "127.0.0.1:$ADMIN_PORT"
-workers: 1
-EOF
-if [ ! -x "$FERRYD" ] || [ ! -x "$FERRY" ]; then
-    FERRY_WHY="$FERRYD or $FERRY not built"
-else
-    spawn ferryd "$FERRYD" -c "$TMP/ferryd.yml"
-    spawn agent "$FERRY" http "127.0.0.1:$ORIGIN_PORT" --server "ws://127.0.0.1:$FERRY_PORT" \
+declare -A READY WHY
+start_ferry() {
+    local row=$1 workers=$2 port=$3 admin=$4 code=000 deadline dpid apid
+    READY[$row]=0
+    printf 'listen: ["127.0.0.1:%s"]\nadmin: "127.0.0.1:%s"\nworkers: %s\n' \
+        "$port" "$admin" "$workers" >"$TMP/$row.yml"
+    if [ ! -x "$FERRYD" ] || [ ! -x "$FERRY" ]; then
+        WHY[$row]="$FERRYD or $FERRY not built"
+        return 0
+    fi
+    spawn "$row-ferryd" "$FERRYD" -c "$TMP/$row.yml"
+    dpid=${PIDS[-1]}
+    spawn "$row-agent" "$FERRY" http "127.0.0.1:$ORIGIN_PORT" --server "ws://127.0.0.1:$port" \
         --subdomain bench --log stderr
-    FERRY_WHY="no 200 for Host: bench.localhost on :$FERRY_PORT within 10 s"
+    apid=${PIDS[-1]}
+    WHY[$row]="no 200 for Host: bench.localhost on :$port within 10 s"
     deadline=$((SECONDS + 10))
-    code=000
     while [ "$SECONDS" -lt "$deadline" ]; do
-        code=$(status "${FERRY_HDR[@]}" "http://127.0.0.1:$FERRY_PORT/1k")
+        code=$(status "${FERRY_HDR[@]}" "http://127.0.0.1:$port/1k")
         if [ "$code" = 200 ]; then
-            FERRY_READY=1
-            break
+            READY[$row]=1
+            return 0
         fi
         # Fail fast rather than wait out the 10 s for a process that is gone.
-        kill -0 "${PIDS[2]}" 2>/dev/null || { FERRY_WHY="ferryd exited"; break; }
-        kill -0 "${PIDS[3]}" 2>/dev/null || { FERRY_WHY="the agent exited"; break; }
+        kill -0 "$dpid" 2>/dev/null || { WHY[$row]="ferryd exited"; break; }
+        kill -0 "$apid" 2>/dev/null || { WHY[$row]="the agent exited"; break; }
         sleep 0.1
     done
-    [ "$FERRY_READY" = 1 ] || FERRY_WHY="$FERRY_WHY (last status $code)"
-fi
-if [ "$FERRY_READY" = 0 ]; then
-    echo "bench: ferry not ready: $FERRY_WHY" >&2
-    for f in ferryd.err agent.err; do
+    WHY[$row]="${WHY[$row]} (last status $code)"
+    echo "bench: $row not ready: ${WHY[$row]}" >&2
+    for f in "$row-ferryd.err" "$row-agent.err"; do
         [ -s "$TMP/$f" ] && { echo "--- $f (tail)" >&2; tail -n 5 "$TMP/$f" >&2; }
     done
-fi
+}
+start_ferry ferry 1 "$FERRY_PORT" "$ADMIN_PORT"
+FERRYD1_PID=${PIDS[-2]:-0}
+AGENT1_PID=${PIDS[-1]:-0}
+start_ferry ferry4w 4 "$FERRY4_PORT" "$ADMIN4_PORT"
 
 # --- measure ------------------------------------------------------------------
 # wrk prints latency as 730.00us / 1.17ms / 2.00s / 1.50m; -> milliseconds.
@@ -224,22 +230,23 @@ to_mb() {
 LOADAVG=$(cut -d" " -f1-3 /proc/loadavg)
 declare -A RPS
 FAILED=0
-printf '%-13s %-7s %10s %9s %9s %9s %7s %9s %9s\n' \
-    load row 'req/s' 'MB/s' 'p50 ms' 'p99 ms' errors 'vs direct' 'vs nginx'
+printf '%-13s %-7s %10s %9s %9s %9s %7s %9s %9s %9s\n' \
+    load row 'req/s' 'MB/s' 'p50 ms' 'p99 ms' errors 'vs direct' 'vs nginx' 'vs 1w'
 
 # bench LOAD ROW CONNS PATH [extra wrk args]: one wrk run and one table line.
 bench() {
-    local load=$1 row=$2 conns=$3 path=$4 out url port rps tr p50 p99 errs vd= vn=
+    local load=$1 row=$2 conns=$3 path=$4 out url port rps tr p50 p99 errs vd= vn= vf=
     shift 4
     out="$TMP/wrk.$load.$row.txt"
     case $row in
     direct) port=$ORIGIN_PORT ;;
     nginx) port=$NGINX_PORT ;;
     ferry) port=$FERRY_PORT ;;
+    ferry4w) port=$FERRY4_PORT ;;
     esac
     url="http://127.0.0.1:$port$path"
-    if [ "$row" = ferry ] && [ "$FERRY_READY" = 0 ]; then
-        printf '%-13s %-7s %s\n' "$load" "$row" "ferry: not ready"
+    if [ "${row#ferry}" != "$row" ] && [ "${READY[$row]}" = 0 ]; then
+        printf '%-13s %-7s %s\n' "$load" "$row" "$row: not ready"
         return 0
     fi
     # wrk stops itself after -d; the timeout only catches a wedged run.
@@ -260,20 +267,23 @@ bench() {
     if [ "$row" != direct ] && [ -n "${RPS[$load.direct]:-}" ]; then
         vd=$(awk -v a="$rps" -v b="${RPS[$load.direct]}" 'BEGIN { if (b > 0) printf "%.2fx", a / b }')
     fi
-    if [ "$row" = ferry ] && [ -n "${RPS[$load.nginx]:-}" ]; then
+    if [ "${row#ferry}" != "$row" ] && [ -n "${RPS[$load.nginx]:-}" ]; then
         vn=$(awk -v a="$rps" -v b="${RPS[$load.nginx]}" 'BEGIN { if (b > 0) printf "%.2fx", a / b }')
     fi
-    printf '%-13s %-7s %10s %9s %9s %9s %7s %9s %9s\n' \
-        "$load" "$row" "$rps" "$tr" "$p50" "$p99" "$errs" "$vd" "$vn"
+    if [ "$row" = ferry4w ] && [ -n "${RPS[$load.ferry]:-}" ]; then
+        vf=$(awk -v a="$rps" -v b="${RPS[$load.ferry]}" 'BEGIN { if (b > 0) printf "%.2fx", a / b }')
+    fi
+    printf '%-13s %-7s %10s %9s %9s %9s %7s %9s %9s %9s\n' \
+        "$load" "$row" "$rps" "$tr" "$p50" "$p99" "$errs" "$vd" "$vn" "$vf"
 }
 
-for row in direct nginx ferry; do
+for row in direct nginx ferry ferry4w; do
     bench 1k-keepalive "$row" 50 /1k "${FERRY_HDR[@]}"
 done
-for row in direct nginx ferry; do
+for row in direct nginx ferry ferry4w; do
     bench 1k-close "$row" 50 /1k "${FERRY_HDR[@]}" -H "Connection: close"
 done
-for row in direct nginx ferry; do
+for row in direct nginx ferry ferry4w; do
     bench 1m-keepalive "$row" 8 /1m "${FERRY_HDR[@]}"
 done
 
@@ -282,14 +292,21 @@ done
 rss_group() {
     ps -o rss= -g "$1" 2>/dev/null | awk '{ n += $1 } END { print n + 0 }'
 }
-if [ "$FERRY_READY" = 1 ]; then
-    echo "memory (RSS after the runs): ferryd $(rss_group "${PIDS[2]}") kB (master+workers)," \
-        "agent $(rss_group "${PIDS[3]}") kB, nginx $(rss_group "${PIDS[1]}") kB"
+if [ "${READY[ferry]}" = 1 ]; then
+    echo "memory (RSS after the runs): ferryd $(rss_group "$FERRYD1_PID") kB (master+worker)," \
+        "agent $(rss_group "$AGENT1_PID") kB, nginx $(rss_group "${PIDS[1]}") kB"
+fi
+echo "ferry = 1 worker (the owner takes every connection); ferry4w = 4 workers, where most new" \
+    "connections are handed to the owner (vs 1w = ferry4w / ferry)"
+if [ "${READY[ferry4w]}" = 1 ]; then
+    echo "handoffs (ferry4w): $(curl -s "http://127.0.0.1:$ADMIN4_PORT/metrics" | awk '/^ferry_handoffs_total/ { printf "%s ", $0 }')"
 fi
 echo "(wrk -t2, ${DURATION}s per run; 1k loads -c50, 1m load -c8; $(nproc) CPUs shared by wrk and the servers; load average before: $LOADAVG)"
 
-if [ "$FERRY_READY" = 0 ]; then
-    echo "bench: ferry rows missing: $FERRY_WHY" >&2
-    exit 1
-fi
+for row in ferry ferry4w; do
+    if [ "${READY[$row]}" = 0 ]; then
+        echo "bench: $row rows missing: ${WHY[$row]}" >&2
+        FAILED=1
+    fi
+done
 exit "$FAILED"
