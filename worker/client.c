@@ -415,10 +415,66 @@ static void scan_response(fy_client_t *c)
     }
 }
 
+/*
+ * Body bytes that arrive while nothing waits in `out` go straight to the
+ * client's socket from the tunnel's read buffer: bulk transfers are then
+ * copied by the kernel only. Returns how many of p[0..n) were written.
+ */
+static size_t write_through(fy_client_t *c, const uint8_t *p, size_t n)
+{
+    size_t take;
+    ssize_t w;
+
+    if (fy_buf_len(&c->out) > 0 || c->linger)
+        return 0;
+    switch (c->rstate) {
+    case FY_R_LENGTH:
+        take = (size_t)FY_MIN((uint64_t)n, c->rbody_left);
+        break;
+    case FY_R_CLOSE:
+    case FY_R_TUNNEL:
+        take = n;
+        break;
+    default:
+        return 0;   /* heads and chunked framing go through scan_response */
+    }
+    if (take == 0 || (w = write(c->io.fd, p, take)) <= 0)
+        return 0;
+    if (c->rstate == FY_R_LENGTH) {
+        c->rbody_left -= (size_t)w;
+        if (c->rbody_left == 0)
+            resp_done(c);
+    }
+    fy_tun_consumed(&c->ac->tun, c->sid, &c->credit, (size_t)w);
+    return (size_t)w;
+}
+
 void fy_client_on_data(fy_client_t *c, const uint8_t *p, size_t n)
 {
-    if (fy_mux_credit_received(&c->credit, (uint32_t)n) != FY_OK
-        || fy_buf_append(&c->out, p, n, CLIENT_OUT_MAX) != FY_OK) {
+    size_t direct;
+
+    if (fy_mux_credit_received(&c->credit, (uint32_t)n) != FY_OK) {
+        fy_log_warn("tunnel %s: agent sent past the stream window", c->tunnel_id);
+        fy_tun_consumed(&c->ac->tun, 0, NULL, n);
+        fy_agentconn_end_stream(c, FY_MUX_RST_FLOW);
+        fy_client_close(c);
+        return;
+    }
+    c->last_active = fy_ev_now(c->w->ev);
+    fy_worker_count(c->w, c->slot, 0, 0, n);
+    direct = write_through(c, p, n);
+    p += direct;
+    n -= direct;
+    if (n == 0) {
+        if (c->close_after && c->pending == 0)
+            flush_out(c);   /* the response that closes the connection is complete */
+        if (!c->closed && c->state == FY_C_WAIT && c->pending == 0)
+            c->state = FY_C_HEAD;
+        process(c);
+        update(c);
+        return;
+    }
+    if (fy_buf_append(&c->out, p, n, CLIENT_OUT_MAX) != FY_OK) {
         fy_log_warn("tunnel %s: agent sent past the stream window", c->tunnel_id);
         fy_tun_consumed(&c->ac->tun, 0, NULL, n);
         fy_agentconn_end_stream(c, FY_MUX_RST_FLOW);
@@ -427,8 +483,6 @@ void fy_client_on_data(fy_client_t *c, const uint8_t *p, size_t n)
     }
     c->out_unscanned += n;
     c->out_credit += n;
-    c->last_active = fy_ev_now(c->w->ev);
-    fy_worker_count(c->w, c->slot, 0, 0, n);
     scan_response(c);
     if (c->closed)
         return;
