@@ -1009,10 +1009,53 @@ static void on_timer(fy_ev_t *ev, fy_timer_t *t)
     arm_timer(c);
 }
 
+/*
+ * A Content-Length body or tunnel bytes with nothing buffered: read from the
+ * socket straight into a DATA frame of the tunnel's output, as far as the
+ * credit goes (no copy in the relay). Returns false when it did not apply.
+ */
+static bool read_direct(fy_client_t *c)
+{
+    size_t room, want, got;
+    uint8_t *dst;
+    ssize_t n;
+
+    if (fy_buf_len(&c->in) > 0 || c->ac == NULL
+        || !(c->state == FY_C_TUNNEL || (c->state == FY_C_BODY && !c->body_chunked)))
+        return false;
+    if ((room = fy_tun_data_room(&c->ac->tun, &c->credit)) == 0) {
+        c->blocked = true;
+        return true;
+    }
+    want = c->state == FY_C_BODY ? (size_t)FY_MIN((uint64_t)room, c->body_left) : room;
+    if ((dst = fy_tun_data_reserve(&c->ac->tun, want, &got)) == NULL) {
+        fy_client_close(c);
+        return true;
+    }
+    n = read(c->io.fd, dst, got);
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EINTR)
+            fy_client_close(c);
+        return true;
+    }
+    if (n == 0) {
+        c->peer_eof = true;
+        return true;
+    }
+    fy_tun_data_commit(&c->ac->tun, c->sid, &c->credit, (size_t)n);
+    fy_worker_count(c->w, c->slot, 0, (uint64_t)n, 0);
+    c->last_active = fy_ev_now(c->w->ev);
+    if (c->state == FY_C_BODY && (c->body_left -= (uint64_t)n) == 0)
+        c->state = c->close_after ? FY_C_DONE : FY_C_HEAD;
+    return true;
+}
+
 static void read_in(fy_client_t *c)
 {
     ssize_t n;
 
+    if (read_direct(c))
+        return;
     if (c->linger) {
         uint8_t sink[4096];
         n = read(c->io.fd, sink, sizeof(sink));
