@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
@@ -46,19 +47,27 @@ struct master_s {
     fy_conf_t  *conf;
     const char *conf_path;
     const char *pid_path;
+    char        pid_buf[4096];
     fy_ev_t    *ev;
     fy_io_t     sigio;
     fy_timer_t  respawn_timer;
     int         fds[FY_CONF_MAX_LISTEN + 1];
     int         ports[FY_CONF_MAX_LISTEN + 1];
     bool        admin[FY_CONF_MAX_LISTEN + 1];
+    char        addrs[FY_CONF_MAX_LISTEN + 1][FY_ADDRSTRLEN];
     int         nfds;
     fy_shm_t    shm;
     int         nworkers;
     wslot_t     workers[FY_SHM_MAX_WORKERS];
     bool        stopping;
-    int         log_fd;
 };
+
+static void free_conf(fy_conf_t *c)
+{
+    if (c != NULL && c->auth != NULL)
+        fy_auth_free(c->auth);
+    fy_config_free(c);
+}
 
 static void usage(FILE *f)
 {
@@ -74,51 +83,88 @@ static void usage(FILE *f)
 
 static int open_log(master_t *m)
 {
-    const char *f = m->conf->log_file;
-    int fd;
-
-    if (f == NULL || !strcmp(f, "stderr")) {
-        m->log_fd = 2;
-    } else if (!strcmp(f, "stdout")) {
-        m->log_fd = 1;
-    } else {
-        if ((fd = open(f, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640)) < 0) {
-            fprintf(stderr, "ferryd: log.file %s: %s\n", f, strerror(errno));
-            return FY_ERR;
-        }
-        if (m->log_fd > 2)
-            close(m->log_fd);
-        m->log_fd = fd;
+    if (fy_log_open(m->conf->log_file, m->conf->log_json) != FY_OK) {
+        fy_log(FY_LOG_ERR, errno, "log.file %s", m->conf->log_file);
+        return FY_ERR;
     }
-    fy_log_set_fd(m->log_fd);
     return FY_OK;
 }
 
-static int open_listeners(master_t *m)
+/* A set of listen sockets: what the config names, in config order. */
+typedef struct {
+    int  n;
+    int  fds[FY_CONF_MAX_LISTEN + 1];
+    int  ports[FY_CONF_MAX_LISTEN + 1];
+    bool admin[FY_CONF_MAX_LISTEN + 1];
+    char addrs[FY_CONF_MAX_LISTEN + 1][FY_ADDRSTRLEN];
+} lset_t;
+
+/*
+ * Open the listeners conf names, reusing the master's socket for an address
+ * it already listens on (a reload keeps its accept queue: nothing queued is
+ * lost). FY_OK, or FY_ERR with err filled and nothing new left open.
+ */
+static int open_listeners(master_t *m, const fy_conf_t *conf, lset_t *ls, char *err, size_t errlen)
 {
-    int i;
-    for (i = 0; i <= m->conf->nlisten; i++) {
-        const char *a = i < m->conf->nlisten ? m->conf->listen[i] : m->conf->admin;
+    int i, k;
+
+    ls->n = 0;
+    for (i = 0; i <= conf->nlisten; i++) {
+        const char *a = i < conf->nlisten ? conf->listen[i] : conf->admin;
         struct sockaddr_storage ss;
         socklen_t len;
-        int fd;
+        int fd = -1;
 
         if (a == NULL || a[0] == '\0')
             continue;
         if (fy_net_parse_addr(a, &ss, &len) != FY_OK) {
-            fprintf(stderr, "ferryd: %s: not an address\n", a);
-            return FY_ERR;
+            snprintf(err, errlen, "%s: not an address", a);
+            goto fail;
         }
-        if ((fd = fy_net_listen(&ss, len, 4096)) < 0) {
-            fprintf(stderr, "ferryd: cannot listen on %s: %s\n", a, strerror(errno));
-            return FY_ERR;
+        for (k = 0; k < m->nfds; k++)
+            if (strcmp(m->addrs[k], a) == 0 && m->admin[k] == (i == conf->nlisten))
+                fd = m->fds[k];
+        if (fd < 0 && (fd = fy_net_listen(&ss, len, 4096)) < 0) {
+            snprintf(err, errlen, "cannot listen on %s: %s", a, strerror(errno));
+            goto fail;
         }
-        m->fds[m->nfds] = fd;
-        m->ports[m->nfds] = fy_net_port((struct sockaddr *)&ss);
-        m->admin[m->nfds] = i == m->conf->nlisten;
-        m->nfds++;
+        ls->fds[ls->n] = fd;
+        ls->ports[ls->n] = fy_net_port((struct sockaddr *)&ss);
+        ls->admin[ls->n] = i == conf->nlisten;
+        snprintf(ls->addrs[ls->n], FY_ADDRSTRLEN, "%s", a);
+        ls->n++;
     }
     return FY_OK;
+fail:
+    for (i = 0; i < ls->n; i++) {
+        bool reused = false;
+        for (k = 0; k < m->nfds; k++)
+            reused = reused || m->fds[k] == ls->fds[i];
+        if (!reused)
+            close(ls->fds[i]);
+    }
+    ls->n = 0;
+    return FY_ERR;
+}
+
+/* Make ls the master's listeners, closing those it no longer names. */
+static void take_listeners(master_t *m, const lset_t *ls)
+{
+    int i, k;
+    for (k = 0; k < m->nfds; k++) {
+        bool kept = false;
+        for (i = 0; i < ls->n; i++)
+            kept = kept || ls->fds[i] == m->fds[k];
+        if (!kept) {
+            fy_log_info("no longer listening on %s", m->addrs[k]);
+            close(m->fds[k]);
+        }
+    }
+    m->nfds = ls->n;
+    memcpy(m->fds, ls->fds, sizeof(m->fds));
+    memcpy(m->ports, ls->ports, sizeof(m->ports));
+    memcpy(m->admin, ls->admin, sizeof(m->admin));
+    memcpy(m->addrs, ls->addrs, sizeof(m->addrs));
 }
 
 static void raise_nofile(void)
@@ -139,12 +185,14 @@ static void broadcast(master_t *m, const fy_ctl_msg_t *msg)
 }
 
 /* A worker asks; the master, the table's only writer, answers. */
-static void on_ctl(fy_chan_t *ch, const fy_ctl_msg_t *msg)
+static void on_ctl(fy_chan_t *ch, const fy_ctl_msg_t *msg, int *fds, int nfds)
 {
     wslot_t *ws = ch->data;
     master_t *m = ws->m;
     fy_ctl_msg_t r;
 
+    while (nfds > 0)
+        close(fds[--nfds]);   /* workers send no fds */
     switch (msg->type) {
     case FY_CTL_REGISTER:
         r = *msg;
@@ -295,6 +343,118 @@ static void signal_workers(master_t *m, int sig)
             kill(m->workers[i].pid, sig);
 }
 
+/* The config file's bytes in a memfd: what the master validates is exactly
+ * what the workers load, whatever happens to the file meanwhile. */
+static int snapshot_config(const char *path)
+{
+    char buf[65536];
+    ssize_t n;
+    int in, fd;
+
+    if ((in = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return -1;
+    if ((fd = memfd_create("ferry-config", MFD_CLOEXEC)) < 0) {
+        close(in);
+        return -1;
+    }
+    while ((n = read(in, buf, sizeof(buf))) > 0) {
+        if (write(fd, buf, (size_t)n) != n) {
+            n = -1;
+            break;
+        }
+    }
+    close(in);
+    if (n < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/*
+ * HUP: re-read and validate the config; on any error keep running as before
+ * and log exactly why. Otherwise the workers adopt it in place (their tunnels
+ * and connections stay): the master sends each the validated bytes and the
+ * listen sockets. Settings that size shared structures (workers,
+ * limits.max_tunnels) need a restart or a binary upgrade.
+ */
+static void reload(master_t *m)
+{
+    char err[1024], path[64];
+    fy_conf_t *nc;
+    lset_t ls;
+    fy_ctl_msg_t msg;
+    int fd, i, fds[FY_CTL_MAX_FDS], nworkers;
+
+    if (m->conf_path == NULL) {
+        fy_log_warn("reload: running on the embedded defaults (no -c FILE): nothing to re-read");
+        return;
+    }
+    if ((fd = snapshot_config(m->conf_path)) < 0) {
+        fy_log(FY_LOG_ERR, errno, "reload: %s: kept the running configuration", m->conf_path);
+        return;
+    }
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    err[0] = '\0';
+    nc = fy_config_load(path, err, sizeof(err));
+    if (nc != NULL && fy_config_check(nc, err, sizeof(err)) == FY_OK) {
+        nc->auth = fy_auth_load(nc, err, sizeof(err));
+        if (nc->auth == NULL && err[0] != '\0') {
+            fy_config_free(nc);
+            nc = NULL;
+        }
+    } else if (nc != NULL) {
+        fy_config_free(nc);
+        nc = NULL;
+    }
+    if (nc == NULL) {
+        /* Errors name the snapshot; say the file the operator edits. */
+        char *p = strstr(err, path);
+        fy_log_err("reload: %s%s: kept the running configuration", p ? m->conf_path : "", p ? p + strlen(path) : err);
+        close(fd);
+        return;
+    }
+    nworkers = nc->workers > 0 ? nc->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    nworkers = FY_MAX(1, FY_MIN(nworkers, FY_SHM_MAX_WORKERS));
+    if (nworkers != m->nworkers || nc->limits.max_tunnels != m->conf->limits.max_tunnels) {
+        fy_log_err("reload: %s: workers and limits.max_tunnels change only with a restart or an upgrade "
+                   "(-s upgrade); kept the running configuration", m->conf_path);
+        fy_config_free(nc);
+        close(fd);
+        return;
+    }
+    if (open_listeners(m, nc, &ls, err, sizeof(err)) != FY_OK) {
+        fy_log_err("reload: %s: %s; kept the running configuration", m->conf_path, err);
+        fy_config_free(nc);
+        close(fd);
+        return;
+    }
+    take_listeners(m, &ls);
+    free_conf(m->conf);
+    m->conf = nc;
+    (void)open_log(m);
+    memset(&msg, 0, sizeof(msg));
+    msg.type = FY_CTL_RELOAD;
+    msg.nfds = (uint32_t)(m->nfds + 1);
+    fds[0] = fd;
+    for (i = 0; i < m->nfds; i++) {
+        fds[i + 1] = m->fds[i];
+        msg.ports[i + 1] = (uint16_t)m->ports[i];
+        msg.admin[i + 1] = m->admin[i];
+    }
+    for (i = 0; i < m->nworkers; i++) {
+        wslot_t *ws = &m->workers[i];
+        if (ws->ctl_open && fy_chan_send_fds(&ws->ctl, &msg, fds, m->nfds + 1) != FY_OK) {
+            /* It could not take the new config: a new worker will. */
+            fy_log_err("reload: worker %d did not take the configuration; replacing it", i);
+            kill(ws->pid, SIGQUIT);
+        }
+    }
+    close(fd);
+    atomic_fetch_add(&m->shm.hdr->reloads, 1);
+    fy_log_info("reload: %s applied (%d listeners)", m->conf_path, m->nfds);
+}
+
 static void on_signal(fy_ev_t *ev, fy_io_t *io, uint32_t events)
 {
     master_t *m = io->data;
@@ -317,7 +477,7 @@ static void on_signal(fy_ev_t *ev, fy_io_t *io, uint32_t events)
                 fy_ev_stop(ev);
             break;
         case SIGHUP:
-            fy_log_warn("SIGHUP: configuration reload is not implemented yet in this version; nothing changed");
+            reload(m);
             break;
         case SIGUSR1:
             if (open_log(m) == FY_OK)
@@ -399,7 +559,6 @@ int main(int argc, char **argv)
     int i;
 
     memset(&m, 0, sizeof(m));
-    m.log_fd = 2;
     if (argc > 1 && !strcmp(argv[1], "token"))
         return fy_cmd_token(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "keygen"))
@@ -446,13 +605,14 @@ int main(int argc, char **argv)
             fprintf(stderr, "ferryd: configuration test failed\n");
         return 1;
     }
-    if (m.pid_path == NULL)
-        m.pid_path = m.conf->pid;
-    if (signal_name != NULL)
-        return send_signal(signal_name, m.pid_path);
-    if (test) {
-        printf("ferryd: configuration ok\n");
-        return 0;
+    if (m.pid_path == NULL && m.conf->pid != NULL) {
+        snprintf(m.pid_buf, sizeof(m.pid_buf), "%s", m.conf->pid);   /* the config may be replaced on reload */
+        m.pid_path = m.pid_buf;
+    }
+    if (signal_name != NULL || test) {
+        int rc = test ? (printf("ferryd: configuration ok\n"), 0) : send_signal(signal_name, m.pid_path);
+        free_conf(m.conf);
+        return rc;
     }
     if (m.conf->daemon) {
         fprintf(stderr, "ferryd: daemon: true is not implemented yet; run under systemd or with daemon: false\n");
@@ -462,7 +622,15 @@ int main(int argc, char **argv)
     m.nworkers = FY_MAX(1, FY_MIN(m.nworkers, FY_SHM_MAX_WORKERS));
     raise_nofile();
     signal(SIGPIPE, SIG_IGN);
-    if (open_log(&m) != FY_OK || open_listeners(&m) != FY_OK || write_pidfile(m.pid_path) != FY_OK)
+    {
+        lset_t ls;
+        if (open_listeners(&m, m.conf, &ls, err, sizeof(err)) != FY_OK) {
+            fprintf(stderr, "ferryd: %s\n", err);
+            return 1;
+        }
+        take_listeners(&m, &ls);
+    }
+    if (open_log(&m) != FY_OK || write_pidfile(m.pid_path) != FY_OK)
         return 1;
     if (fy_shm_create(&m.shm, (uint32_t)m.conf->limits.max_tunnels, (uint32_t)m.nworkers) != FY_OK) {
         fprintf(stderr, "ferryd: shared memory for %llu tunnels: %s\n",
@@ -507,7 +675,7 @@ int main(int argc, char **argv)
     if (m.pid_path != NULL && m.pid_path[0] != '\0')
         unlink(m.pid_path);
     fy_log_info("master exiting");
-    fy_config_free(m.conf);
+    free_conf(m.conf);
     fy_ev_free(m.ev);
     return 0;
 }

@@ -6,8 +6,11 @@
  *
  * The master is the only writer of slots; readers never lock: a slot's
  * sequence counter is odd while the master writes it, and a reader retries
- * until it sees the same even value before and after its copy. The owners
- * of a tunnel update its counters with atomic adds.
+ * until it sees the same even value before and after its copy. When
+ * tombstones pile up the master rebuilds the table in place; the header's
+ * epoch is odd meanwhile, and a lookup that saw it change starts again. The
+ * owners of a tunnel update its counters with atomic adds, at a slot index
+ * they look up again whenever the epoch moved.
  */
 #ifndef FY_SHM_TABLE_T_H
 #define FY_SHM_TABLE_T_H
@@ -57,7 +60,7 @@ typedef struct fy_shm_worker_s {
     _Atomic uint64_t requests;
     _Atomic uint64_t bytes_in, bytes_out;
     _Atomic uint64_t handoffs_sent, handoffs_received, handoffs_failed;
-    _Atomic uint64_t errors[16];             /* by code, fy_error_codes order */
+    _Atomic uint64_t errors[32];             /* by code, fy_error_codes order */
     _Atomic uint64_t agent_connects;
     _Atomic uint64_t clients;                /* gauge */
 } fy_shm_worker_t;
@@ -70,7 +73,7 @@ typedef struct fy_shm_hdr_s {
     uint32_t          nworkers;
     uint32_t          used;                  /* master's bookkeeping */
     uint32_t          tombstones;
-    uint32_t          pad;
+    _Atomic uint32_t  epoch;                 /* odd while the master rebuilds the table (slots move) */
     _Atomic uint64_t  worker_restarts;
     _Atomic uint64_t  reloads;
     fy_shm_worker_t   workers[FY_SHM_MAX_WORKERS];

@@ -8,6 +8,7 @@
 #include "shm/table.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -138,7 +139,7 @@ static uint32_t read_slot(const fy_shm_t *s, uint32_t i, const char *want, fy_sh
     }
 }
 
-bool fy_shm_lookup(const fy_shm_t *s, const char *id, fy_shm_entry_t *e)
+static bool lookup_once(const fy_shm_t *s, const char *id, fy_shm_entry_t *e)
 {
     uint32_t mask = s->hdr->capacity - 1, h = hash_id(id), i;
     for (i = 0; i <= mask; i++) {
@@ -150,6 +151,21 @@ bool fy_shm_lookup(const fy_shm_t *s, const char *id, fy_shm_entry_t *e)
             return true;
     }
     return false;
+}
+
+bool fy_shm_lookup(const fy_shm_t *s, const char *id, fy_shm_entry_t *e)
+{
+    for (;;) {
+        uint32_t e1 = atomic_load_explicit(&s->hdr->epoch, memory_order_acquire), e2;
+        bool found;
+        if (e1 & 1)
+            continue;   /* a rebuild is moving slots: it takes microseconds */
+        found = lookup_once(s, id, e);
+        atomic_thread_fence(memory_order_acquire);
+        e2 = atomic_load_explicit(&s->hdr->epoch, memory_order_relaxed);
+        if (e1 == e2)
+            return found;
+    }
 }
 
 bool fy_shm_read_slot(const fy_shm_t *s, uint32_t i, fy_shm_entry_t *e)
@@ -252,6 +268,8 @@ int fy_shm_add_owner(fy_shm_t *s, const char *id, const char *session, const cha
     return FY_SHM_ADDED;
 }
 
+static void rebuild(fy_shm_t *s);
+
 /* Empty slot k: a tombstone, or empty when the chain ends right after it
  * (and then the tombstones just before it end the chain too). */
 static void delete_slot(fy_shm_t *s, uint32_t k)
@@ -273,6 +291,53 @@ static void delete_slot(fy_shm_t *s, uint32_t k)
         s->hdr->tombstones--;
         k = (k - 1) & mask;
     }
+    /* Tombstones inside long clusters survive that; past a quarter of the
+     * table, lookups of absent ids would crawl: start afresh. */
+    if (s->hdr->tombstones > s->hdr->capacity / 4)
+        rebuild(s);
+}
+
+/*
+ * Re-insert every live tunnel into a clean table, in place. Readers see the
+ * odd epoch and wait; it is O(capacity) and rare (a quarter of the table in
+ * tombstones between two rebuilds).
+ */
+static void rebuild(fy_shm_t *s)
+{
+    uint32_t cap = s->hdr->capacity, mask = cap - 1, k, n = 0;
+    fy_shm_slot_t *live = malloc((size_t)s->hdr->used * sizeof(*live));
+    uint32_t ep;
+
+    if (live == NULL)
+        return;   /* stays correct, only slower; the next delete tries again */
+    for (k = 0; k < cap; k++)
+        if (s->slots[k].state == FY_SHM_USED)
+            memcpy(&live[n++], &s->slots[k], sizeof(*live));
+    ep = atomic_load_explicit(&s->hdr->epoch, memory_order_relaxed);
+    atomic_store_explicit(&s->hdr->epoch, ep + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    for (k = 0; k < cap; k++) {
+        fy_shm_slot_t *sl = &s->slots[k];
+        if (sl->state == FY_SHM_EMPTY)
+            continue;
+        write_begin(sl);
+        sl->state = FY_SHM_EMPTY;
+        write_end(sl);
+    }
+    for (k = 0; k < n; k++) {
+        uint32_t j = hash_id(live[k].id) & mask;
+        while (s->slots[j].state != FY_SHM_EMPTY)
+            j = (j + 1) & mask;
+        write_begin(&s->slots[j]);
+        /* Everything but the sequence counter; owners' counter updates
+         * that race the move may land on the old slot (statistics only). */
+        memcpy((char *)&s->slots[j] + sizeof(s->slots[j].seq), (char *)&live[k] + sizeof(live[k].seq),
+               sizeof(*live) - sizeof(live[k].seq));
+        write_end(&s->slots[j]);
+    }
+    s->hdr->tombstones = 0;
+    atomic_store_explicit(&s->hdr->epoch, ep + 2, memory_order_release);
+    free(live);
 }
 
 static void drop_owner(fy_shm_t *s, uint32_t k, uint32_t j)

@@ -79,6 +79,13 @@ void fy_agentconn_request(fy_client_t *c, const fy_h1_request_t *req, const char
             fy_client_error(c, false, 400, "bad_request", "agents connect to %s/ID", w->conf->agent_path);
             return;
         }
+        /* No tunnel yet: the agent learns whether its token is good. */
+        authz = fy_h1_find(req->headers, req->nheaders, "authorization");
+        fy_auth_check(w->conf->auth, authz ? authz->value : NULL, authz ? authz->value_len : 0, "", &auth);
+        if (auth.status == 401) {
+            fy_client_error(c, false, auth.status, auth.code, "%s", auth.msg);
+            return;
+        }
         fy_buf_consume(&c->in, req->head_len);
         fy_client_respond(c, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3, true);
         return;
@@ -172,8 +179,11 @@ static void upgrade(fy_client_t *c, fy_pending_agent_t *p)
         fy_client_close(c);
         return;
     }
+    t->slot_epoch = atomic_load(&w->shm.hdr->epoch);
     if (fy_shm_lookup(&w->shm, p->id, &e))
         t->slot = e.index;
+    else
+        t->slot_epoch = 1;   /* odd: look it up again on first use */
     ac->w = w;
     ac->tunnel = t;
     ac->serial = p->conn;
@@ -284,7 +294,6 @@ int fy_agentconn_open_stream(fy_agentconn_t *ac, fy_client_t *c)
     if (fy_tun_send(&ac->tun, FY_MUX_OPEN, c->sid, open, ol) != FY_OK)
         return FY_ERR;
     c->ac = ac;
-    c->slot = ac->tunnel->slot;
     fy_mux_credit_init(&c->credit, FY_MUX_STREAM_WINDOW);
     c->fin_rx = c->fin_tx = false;
     c->rstate = FY_R_HEAD;

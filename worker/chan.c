@@ -82,6 +82,35 @@ int fy_chan_send(fy_chan_t *ch, const fy_ctl_msg_t *m)
     return FY_OK;
 }
 
+int fy_chan_send_fds(fy_chan_t *ch, const fy_ctl_msg_t *m, const int *fds, int nfds)
+{
+    struct iovec iov = {(void *)m, sizeof(*m)};
+    struct msghdr mh;
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * FY_CTL_MAX_FDS)];
+    } ctl;
+    struct cmsghdr *cm;
+
+    if (ch->closed || fy_buf_len(&ch->out) > 0 || nfds <= 0 || nfds > FY_CTL_MAX_FDS)
+        return FY_ERR;
+    memset(&mh, 0, sizeof(mh));
+    memset(&ctl, 0, sizeof(ctl));
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = ctl.buf;
+    mh.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+    cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+    memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)nfds);
+    while (sendmsg(ch->io.fd, &mh, MSG_NOSIGNAL) < 0)
+        if (errno != EINTR)
+            return FY_ERR;
+    return FY_OK;
+}
+
 static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
 {
     fy_chan_t *ch = io->data;
@@ -91,7 +120,22 @@ static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
         flush(ch);
     for (i = 0; i < 64 && !ch->closed; i++) {
         fy_ctl_msg_t m;
-        ssize_t n = recv(io->fd, &m, sizeof(m), 0);
+        struct iovec iov = {&m, sizeof(m)};
+        struct msghdr mh;
+        union {
+            struct cmsghdr align;
+            char buf[CMSG_SPACE(sizeof(int) * FY_CTL_MAX_FDS)];
+        } ctl;
+        struct cmsghdr *cm;
+        int fds[FY_CTL_MAX_FDS], nfds = 0;
+        ssize_t n;
+
+        memset(&mh, 0, sizeof(mh));
+        mh.msg_iov = &iov;
+        mh.msg_iovlen = 1;
+        mh.msg_control = ctl.buf;
+        mh.msg_controllen = sizeof(ctl.buf);
+        n = recvmsg(io->fd, &mh, MSG_CMSG_CLOEXEC);
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
             return;
         if (n <= 0) {
@@ -100,13 +144,29 @@ static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
                 ch->on_close(ch);
             return;
         }
-        if ((size_t)n != sizeof(m))
-            continue;   /* not one of ours: ignore */
+        for (cm = CMSG_FIRSTHDR(&mh); cm != NULL; cm = CMSG_NXTHDR(&mh, cm)) {
+            if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+                size_t k, cnt = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                for (k = 0; k < cnt; k++) {
+                    int fd;
+                    memcpy(&fd, CMSG_DATA(cm) + k * sizeof(int), sizeof(int));
+                    if (nfds < FY_CTL_MAX_FDS)
+                        fds[nfds++] = fd;
+                    else
+                        close(fd);
+                }
+            }
+        }
+        if ((size_t)n != sizeof(m) || (mh.msg_flags & (MSG_CTRUNC | MSG_TRUNC))) {
+            while (nfds > 0)
+                close(fds[--nfds]);   /* not one of ours: ignore it, leak nothing */
+            continue;
+        }
         m.id[sizeof(m.id) - 1] = '\0';
         m.session[sizeof(m.session) - 1] = '\0';
         m.holder[sizeof(m.holder) - 1] = '\0';
         m.addr[sizeof(m.addr) - 1] = '\0';
-        ch->on_msg(ch, &m);
+        ch->on_msg(ch, &m, fds, nfds);
     }
 }
 

@@ -28,7 +28,11 @@ enum fy_ctl_type {
     FY_CTL_REGISTERED,     /* master -> worker: result (enum fy_shm_add) for serial */
     FY_CTL_UNREGISTER,     /* worker -> master: remove an owner of id */
     FY_CTL_TUNNEL_UP,      /* master -> workers: id gained an owner (wake tunnel_wait) */
+    FY_CTL_RELOAD,         /* master -> workers: fds[0] = the validated config (memfd), then the
+                            * listen sockets; ports[]/admin[] describe them */
 };
+
+#define FY_CTL_MAX_FDS 18      /* the config, and up to 16 listeners plus admin */
 
 typedef struct fy_ctl_msg_s {
     uint32_t type;
@@ -42,10 +46,14 @@ typedef struct fy_ctl_msg_s {
     char     session[FY_SHM_TOKEN_LEN];
     char     holder[FY_SHM_TOKEN_LEN];
     char     addr[64];
+    uint16_t ports[FY_CTL_MAX_FDS];
+    uint8_t  admin[FY_CTL_MAX_FDS];
+    uint32_t nfds;
 } fy_ctl_msg_t;
 
 typedef struct fy_chan_s fy_chan_t;
-typedef void (*fy_chan_cb)(fy_chan_t *ch, const fy_ctl_msg_t *m);
+/* A message arrived; fds (nfds of them) are the callee's to keep or close. */
+typedef void (*fy_chan_cb)(fy_chan_t *ch, const fy_ctl_msg_t *m, int *fds, int nfds);
 
 /* One end of a control channel with its outgoing queue (bounded). */
 struct fy_chan_s {
@@ -62,6 +70,9 @@ struct fy_chan_s {
 int fy_chan_open(fy_chan_t *ch, fy_ev_t *ev, int fd, fy_chan_cb on_msg, void (*on_close)(fy_chan_t *), void *data) FY_MUST_USE;
 /* Queue a message (sent at once if the socket takes it). FY_ERR if the queue is over its bound. */
 int fy_chan_send(fy_chan_t *ch, const fy_ctl_msg_t *m);
+/* Send a message with fds now (duplicated into the receiver). Only when the
+ * queue is empty: FY_ERR otherwise, or if the socket does not take it. */
+int fy_chan_send_fds(fy_chan_t *ch, const fy_ctl_msg_t *m, const int *fds, int nfds);
 void fy_chan_close(fy_chan_t *ch);
 
 /* Handoff message header. */

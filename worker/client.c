@@ -176,6 +176,17 @@ void fy_client_error(fy_client_t *c, bool keep, int status, const char *code, co
     snprintf(extra, sizeof(extra), "X-Ferry-Error: %s\r\n%s", code,
              status == 503 ? "Retry-After: 1\r\n" : "");
     fy_worker_count_error(c->w, fy_error_index(code));
+    if (c->pending > 0 && c->acc != NULL) {
+        fy_access_log(c->w, c, &c->acc[c->acc_head], status, (uint64_t)n, code);
+    } else {
+        fy_access_t a;
+        memset(&a, 0, sizeof(a));
+        if (c->err_req != NULL)
+            fy_access_note(&a, fy_ev_now(c->w->ev), c->err_req, NULL, c->hops > 0);
+        else
+            a.start = fy_ev_now(c->w->ev), a.method[0] = '-', a.method_len = 1, a.path[0] = '-', a.path_len = 1;
+        fy_access_log(c->w, c, &a, status, (uint64_t)n, code);
+    }
     fy_client_respond(c, status, "text/plain; charset=utf-8", extra, body, (size_t)n, keep);
 }
 
@@ -189,11 +200,13 @@ static void request_error(fy_client_t *c, const fy_h1_request_t *req, int status
 {
     bool keep = !(req->flags & FY_H1_F_CLOSE)
         && (req->body == FY_H1_BODY_NONE || (req->body == FY_H1_BODY_LENGTH && req->content_length == 0));
-    if (keep) {
+    c->err_req = req;
+    fy_client_error(c, keep, status, code, "%s", msg);
+    c->err_req = NULL;
+    if (keep && !c->closed) {
         fy_buf_consume(&c->in, req->head_len);
         c->head_started = 0;
     }
-    fy_client_error(c, keep, status, code, "%s", msg);
 }
 
 /* --- closing --------------------------------------------------------------- */
@@ -236,6 +249,7 @@ static void free_task(fy_ev_t *ev, fy_task_t *t)
     fy_client_t *c = t->data;
     fy_buf_free(&c->in);
     fy_buf_free(&c->out);
+    free(c->acc);
     free(c);
 }
 
@@ -275,6 +289,11 @@ static void finish(fy_client_t *c)
 
 static void resp_done(fy_client_t *c)
 {
+    if (c->acc != NULL && c->pending > 0) {
+        fy_access_log(c->w, c, &c->acc[c->acc_head], c->resp_status, c->resp_bytes, NULL);
+        c->acc_head = (c->acc_head + 1) % FY_PIPELINE_MAX;
+    }
+    c->resp_bytes = 0;
     c->pending--;
     c->head_bits >>= 1;
     c->upgrade_bits >>= 1;
@@ -341,6 +360,8 @@ static void scan_response(fy_client_t *c)
             }
             c->out_unscanned -= (size_t)rc;
             c->resp_started = true;
+            c->resp_status = r.status;
+            c->resp_bytes += (uint64_t)rc;
             if (r.status == 101) {
                 if (!(c->upgrade_bits & 1)) {
                     bad_response(c, "101 to a request that did not ask to upgrade");
@@ -382,6 +403,7 @@ static void scan_response(fy_client_t *c)
             take = (size_t)FY_MIN((uint64_t)n, c->rbody_left);
             c->rbody_left -= take;
             c->out_unscanned -= take;
+            c->resp_bytes += take;
             if (c->rbody_left == 0)
                 resp_done(c);
             break;
@@ -399,12 +421,14 @@ static void scan_response(fy_client_t *c)
                 return;
             }
             c->out_unscanned -= (size_t)used;
+            c->resp_bytes += (uint64_t)used;
             if (c->rchunked.done)
                 resp_done(c);
             break;
         }
         case FY_R_CLOSE:
         case FY_R_TUNNEL:
+            c->resp_bytes += c->out_unscanned;
             c->out_unscanned = 0;
             break;
         }
@@ -440,6 +464,7 @@ static size_t write_through(fy_client_t *c, const uint8_t *p, size_t n)
     }
     if (take == 0 || (w = write(c->io.fd, p, take)) <= 0)
         return 0;
+    c->resp_bytes += (uint64_t)w;
     if (c->rstate == FY_R_LENGTH) {
         c->rbody_left -= (size_t)w;
         if (c->rbody_left == 0)
@@ -461,7 +486,7 @@ void fy_client_on_data(fy_client_t *c, const uint8_t *p, size_t n)
         return;
     }
     c->last_active = fy_ev_now(c->w->ev);
-    fy_worker_count(c->w, c->slot, 0, 0, n);
+    fy_worker_count(c->w, c->ac->tunnel, 0, 0, n);
     direct = write_through(c, p, n);
     p += direct;
     n -= direct;
@@ -639,8 +664,9 @@ static bool agent_path(const fy_worker_t *w, const fy_h1_request_t *req, const c
 
 /*
  * The worker to hand c to for tunnel id, when another worker holds it, or
- * -1. Owners are taken in turn. A connection moves at most twice, so a
- * table that changes under it cannot bounce it around.
+ * -1. Owners are taken in turn. A connection moves at most twice before a
+ * request of it is served, so a table that changes under it cannot bounce
+ * it around.
  */
 static int owner_elsewhere(fy_client_t *c, const char *id)
 {
@@ -792,13 +818,21 @@ forward:
     fy_tun_data_commit(&c->ac->tun, c->sid, &c->credit, (size_t)hl);
     fy_buf_consume(&c->in, (size_t)rc);
     c->head_started = 0;
+    if (c->acc == NULL)
+        c->acc = calloc(FY_PIPELINE_MAX, sizeof(*c->acc));   /* once per connection */
+    if (c->acc != NULL)
+        fy_access_note(&c->acc[(c->acc_head + c->pending) % FY_PIPELINE_MAX], fy_ev_now(w->ev), &req, id,
+                       c->hops > 0);
+    /* Served here: the hop limit counts moves without progress only, so a
+     * keep-alive connection may follow its requests from worker to worker. */
+    c->hops = 0;
     if (req.flags & FY_H1_F_UPGRADE)
         c->upgrade_bits |= 1ull << c->pending;
     if (req.method_len == 4 && memcmp(req.method, "HEAD", 4) == 0)
         c->head_bits |= 1ull << c->pending;
     if (c->pending++ == 0)
         c->waiting_since = fy_ev_now(w->ev);
-    fy_worker_count(w, c->slot, 1, (uint64_t)hl, 0);
+    fy_worker_count(w, c->ac->tunnel, 1, (uint64_t)hl, 0);
     if (req.flags & FY_H1_F_CLOSE)
         c->state = FY_C_DONE, c->close_after = true;
     if (req.body == FY_H1_BODY_CHUNKED) {
@@ -856,7 +890,7 @@ static bool step_forward(fy_client_t *c)
         return false;
     }
     fy_buf_consume(&c->in, n);
-    fy_worker_count(c->w, c->slot, 0, n, 0);
+    fy_worker_count(c->w, c->ac->tunnel, 0, n, 0);
     if (done)
         c->state = c->close_after ? FY_C_DONE : FY_C_HEAD;
     return n > 0 || done;
@@ -1043,7 +1077,7 @@ static bool read_direct(fy_client_t *c)
         return true;
     }
     fy_tun_data_commit(&c->ac->tun, c->sid, &c->credit, (size_t)n);
-    fy_worker_count(c->w, c->slot, 0, (uint64_t)n, 0);
+    fy_worker_count(c->w, c->ac->tunnel, 0, (uint64_t)n, 0);
     c->last_active = fy_ev_now(c->w->ev);
     if (c->state == FY_C_BODY && (c->body_left -= (uint64_t)n) == 0)
         c->state = c->close_after ? FY_C_DONE : FY_C_HEAD;

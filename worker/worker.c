@@ -88,7 +88,10 @@ static void on_signal(fy_ev_t *ev, fy_io_t *io, uint32_t events)
             fy_ev_stop(ev);
             break;
         case SIGUSR1:
-            break;   /* log reopening is the operations issue's */
+            fy_access_flush(w);
+            if (fy_log_open(w->conf->log_file, w->conf->log_json) != FY_OK)
+                fy_log(FY_LOG_ERR, errno, "worker %d: reopening %s", w->index, w->conf->log_file);
+            break;
         default:
             break;
         }
@@ -124,11 +127,62 @@ void fy_worker_unregister(fy_worker_t *w, const char *id, uint32_t conn)
         fy_log_err("worker %d: could not tell the master that tunnel \"%s\" lost a connection", w->index, id);
 }
 
-static void on_ctl(fy_chan_t *ch, const fy_ctl_msg_t *m)
+/* Adopt the configuration the master validated, and its listen sockets.
+ * Connections and tunnels stay; new requests see the new settings. */
+static void reload(fy_worker_t *w, const fy_ctl_msg_t *m, int *fds, int nfds)
+{
+    char path[64], err[1024];
+    fy_conf_t *nc;
+    int i;
+
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fds[0]);
+    err[0] = '\0';
+    if ((nc = fy_config_load(path, err, sizeof(err))) == NULL
+        || ((nc->auth = fy_auth_load(nc, err, sizeof(err))) == NULL && err[0] != '\0')) {
+        fy_log_err("worker %d: reload failed, keeping the running configuration: %s", w->index, err);
+        fy_config_free(nc);
+        for (i = 0; i < nfds; i++)
+            close(fds[i]);
+        return;
+    }
+    close(fds[0]);
+    for (i = 0; i < w->nlisteners; i++) {
+        fy_io_del(w->ev, &w->listeners[i].io);
+        close(w->listeners[i].io.fd);
+    }
+    w->nlisteners = 0;
+    for (i = 1; i < nfds; i++) {
+        fy_listener_t *l = &w->listeners[w->nlisteners++];
+        memset(l, 0, sizeof(*l));
+        l->io.fd = fds[i];
+        l->io.cb = on_accept;
+        l->io.data = l;
+        l->w = w;
+        l->port = m->ports[i];
+        l->admin = m->admin[i] != 0;
+        if (!w->draining && fy_io_set(w->ev, &l->io, EPOLLIN | EPOLLEXCLUSIVE) != FY_OK)
+            fy_log(FY_LOG_ERR, errno, "worker %d: listener after reload", w->index);
+    }
+    if (w->conf->auth != NULL)
+        fy_auth_free(w->conf->auth);
+    fy_config_free(w->conf);
+    w->conf = nc;
+    if (fy_log_open(nc->log_file, nc->log_json) != FY_OK)
+        fy_log(FY_LOG_ERR, errno, "worker %d: log.file %s", w->index, nc->log_file);
+    fy_log_info("worker %d: configuration reloaded", w->index);
+}
+
+static void on_ctl(fy_chan_t *ch, const fy_ctl_msg_t *m, int *fds, int nfds)
 {
     fy_worker_t *w = ch->data;
     fy_client_t *c;
 
+    if (m->type == FY_CTL_RELOAD && nfds >= 1 && (uint32_t)nfds == m->nfds) {
+        reload(w, m, fds, nfds);
+        return;
+    }
+    while (nfds > 0)
+        close(fds[--nfds]);
     switch (m->type) {
     case FY_CTL_REGISTERED:
         for (c = w->clients; c != NULL; c = c->next) {
@@ -300,6 +354,7 @@ int fy_worker_main(const fy_worker_setup_t *st)
     w.mailbox.fd = st->mailbox_recv[st->index];
     w.mailbox.cb = on_mailbox;
     w.mailbox.data = &w;
+    fy_access_init(&w);
     w.retry_timer.cb = on_retry;
     w.retry_timer.data = &w;
     sigemptyset(&set);
@@ -337,6 +392,7 @@ int fy_worker_main(const fy_worker_setup_t *st)
     atomic_store(&w.rec->state, FY_SHM_W_UP);
     fy_log_info("worker %d started", w.index);
     fy_ev_run(w.ev);
+    fy_access_flush(&w);
     atomic_store(&w.rec->state, FY_SHM_W_DOWN);
     return 0;
 }

@@ -29,7 +29,18 @@
 
 #define FY_TUNNEL_MAX_CONNS 4
 #define FY_SESSION_MAX 64
-#define FY_PIPELINE_MAX 64        /* requests in flight on one connection (bits of a u64) */
+#define FY_PIPELINE_MAX 16        /* requests in flight on one connection */
+
+/* What the access log needs of a request until its response is done. */
+typedef struct fy_access_s {
+    uint64_t start;              /* ms */
+    char     method[16];
+    char     path[160];          /* the target as sent, cut at 160 bytes */
+    char     tunnel[FY_ID_MAX + 1];
+    uint8_t  method_len;
+    uint16_t path_len;
+    bool     handoff;
+} fy_access_t;
 
 typedef struct fy_worker_s fy_worker_t;
 typedef struct fy_tunnel_s fy_tunnel_t;
@@ -56,6 +67,7 @@ struct fy_tunnel_s {
     unsigned        rr;              /* round-robin cursor over conns */
     uint32_t        nstreams;
     uint32_t        slot;            /* its slot in the shared table (for counters) */
+    uint32_t        slot_epoch;      /* the table's epoch when slot was looked up */
 };
 
 struct fy_agentconn_s {
@@ -150,7 +162,11 @@ struct fy_client_s {
     uint16_t         hops;            /* times this connection was handed over */
     int              handoff_to;      /* FY_C_HANDOFF: the target worker */
     fy_pending_agent_t *reg;          /* FY_C_REGISTER */
-    uint32_t         slot;            /* the tunnel's shared-table slot while attached */
+    fy_access_t     *acc;             /* ring of FY_PIPELINE_MAX, oldest pending first (lazily allocated) */
+    unsigned         acc_head;        /* index of the oldest pending request */
+    uint64_t         resp_bytes;      /* bytes of the current response so far */
+    const fy_h1_request_t *err_req;   /* while answering an error for a parsed request */
+    int              resp_status;
 };
 
 struct fy_worker_s {
@@ -168,6 +184,9 @@ struct fy_worker_s {
     uint32_t         conn_serial, reg_serial;
     unsigned         rr;
     fy_timer_t       retry_timer;     /* handoff retries and tunnel_wait expiry */
+    char            *access_buf;      /* access log lines not yet written */
+    size_t           access_len;
+    fy_timer_t       access_timer;
     fy_listener_t    listeners[FY_CONF_MAX_LISTEN + 1];
     int              nlisteners;
     fy_tunnel_t    **tunnels;         /* hash buckets */
@@ -214,9 +233,18 @@ static inline void fy_worker_count_error(fy_worker_t *w, int idx)
     atomic_fetch_add_explicit(&w->rec->errors[idx], 1, memory_order_relaxed);
 }
 /* Traffic of a tunnel (its shared slot) and of this worker. */
-static inline void fy_worker_count(fy_worker_t *w, uint32_t slot, uint64_t requests, uint64_t in, uint64_t out)
+static inline void fy_worker_count(fy_worker_t *w, fy_tunnel_t *t, uint64_t requests, uint64_t in, uint64_t out)
 {
-    fy_shm_count(&w->shm, slot, requests, in, out);
+    uint32_t epoch = atomic_load_explicit(&w->shm.hdr->epoch, memory_order_acquire);
+    if (t->slot_epoch != epoch) {
+        fy_shm_entry_t e;
+        if (!(epoch & 1) && fy_shm_lookup(&w->shm, t->id, &e)) {
+            t->slot = e.index;
+            t->slot_epoch = epoch;
+        }
+    }
+    if (t->slot_epoch == epoch)
+        fy_shm_count(&w->shm, t->slot, requests, in, out);
     if (requests)
         atomic_fetch_add_explicit(&w->rec->requests, requests, memory_order_relaxed);
     if (in)
@@ -276,6 +304,13 @@ bool fy_route_host_names_tunnel(const fy_worker_t *w, const fy_h1_request_t *req
  * or FY_ERR if it does not fit. */
 ssize_t fy_route_rewrite(const fy_worker_t *w, const fy_client_t *c, const fy_h1_request_t *req,
                          const char *id, enum fy_route_via via, uint8_t *out, size_t cap);
+
+/* access.c */
+int fy_access_init(fy_worker_t *w);
+void fy_access_note(fy_access_t *a, uint64_t now, const fy_h1_request_t *req, const char *tunnel, bool handoff);
+void fy_access_log(fy_worker_t *w, const fy_client_t *c, const fy_access_t *a, int status, uint64_t bytes,
+                   const char *err_code);
+void fy_access_flush(fy_worker_t *w);
 
 /* admin.c */
 void fy_admin_request(fy_client_t *c, const fy_h1_request_t *req);

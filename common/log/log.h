@@ -12,7 +12,20 @@ enum fy_log_level { FY_LOG_ERR = 0, FY_LOG_WARN, FY_LOG_INFO, FY_LOG_DEBUG };
 
 /* Where lines go (default 2) and the most verbose level written. */
 void fy_log_set_fd(int fd);
+int fy_log_fd(void);
 void fy_log_set_level(enum fy_log_level lvl);
+
+/*
+ * (Re)open the log: "stderr", "stdout" or a file path (appended to, created
+ * 0640), in text or JSON lines. The previous file is closed once the new one
+ * is open (USR1 after logrotate moved it). FY_OK, or FY_ERR (errno) with the
+ * old destination kept.
+ */
+int fy_log_open(const char *file, bool json) FY_MUST_USE;
+bool fy_log_json(void);
+
+/* Append s[0..n) to out as the inside of a JSON string (escaped). */
+size_t fy_log_json_escape(char *out, size_t cap, const char *s, size_t n);
 
 /* Log one line; err > 0 appends ": strerror(err)". */
 void fy_log(enum fy_log_level lvl, int err, const char *fmt, ...) FY_PRINTF(3, 4);
