@@ -986,3 +986,504 @@ def echo_headers(resp_json, name):
     """Values of header name (any case) as the origin's /echo saw them."""
     n = name.lower()
     return [v for k, v in resp_json["headers"] if k.lower() == n]
+
+
+# ---------------------------------------------------------------------------
+# the agent's own commands, local API and test origins that say who they are
+
+
+class FerryCmd(Agent):
+    """`ferry ARGS...` for any command (start, http, ...), stdout captured
+    line by line as Agent does; the log goes where ARGS say. api_port() reads
+    the port of the local API from the `starting web service` log line when
+    the log is on stdout."""
+
+    def __init__(self, workdir, args, env=None, name="ferry"):
+        super().__init__(workdir, "", env=env, name=name)
+        self.cmd_args = [str(a) for a in args]
+
+    def argv(self):
+        return [FERRY] + self.cmd_args
+
+    def api_port(self, timeout=None):
+        m = self.wait_stdout(r'msg="starting web service".*\baddr=(\d+\.\d+\.\d+\.\d+):(\d+)', timeout or wait(15))
+        return int(m.group(2))
+
+    def stdout_text(self):
+        with self._cond:
+            return "\n".join(line for line in self.lines if line is not None)
+
+    def proc_out_path(self):
+        return os.path.join(self.workdir, self.name + ".stdout")
+
+
+def run_ferry(args, workdir, env=None, timeout=None):
+    """Run `ferry ARGS...` to completion: (exit code, stdout, stderr)."""
+    e = dict(os.environ)
+    e.setdefault("HOME", workdir)
+    e["XDG_CONFIG_HOME"] = os.path.join(workdir, ".config")
+    e.pop("FERRY_SERVER", None)
+    e.pop("FERRY_AUTHTOKEN", None)
+    for k, v in (env or {}).items():
+        if v is None:
+            e.pop(k, None)
+        else:
+            e[k] = v
+    p = subprocess.run([FERRY] + [str(a) for a in args], cwd=workdir, env=e, stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=timeout or wait(20))
+    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+
+
+class LocalApi:
+    """The agent's local API on 127.0.0.1:port (Host: localhost:port unless
+    told otherwise)."""
+
+    def __init__(self, port):
+        self.port = port
+        self.http = session()
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def request(self, method, path, host=None, **kw):
+        headers = dict(kw.pop("headers", {}) or {})
+        headers.setdefault("Host", host or "localhost:%d" % self.port)
+        kw.setdefault("timeout", wait(30))
+        return self.http.request(method, self.url(path), headers=headers, **kw)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, **kw):
+        return self.request("POST", path, **kw)
+
+    def delete(self, path, **kw):
+        return self.request("DELETE", path, **kw)
+
+    def tunnels(self):
+        r = self.get("/api/tunnels")
+        assert r.status_code == 200, r.text
+        return r.json()["tunnels"]
+
+    def wait_tunnels(self, n, timeout=None):
+        return poll(lambda: len(self.tunnels()) >= n and self.tunnels(), timeout or wait(15),
+                    what="%d tunnel(s) in /api/tunnels" % n)
+
+
+def get_via(public_url, relay, path="/", **kw):
+    """GET path through the relay on a fresh connection, by the Host of a
+    public URL (http://ID.localhost:PORT)."""
+    host = re.match(r"https?://([^/]+)", public_url).group(1)
+    h = {"Host": host, "Connection": "close"}
+    h.update(kw.pop("headers", {}) or {})
+    kw.setdefault("timeout", wait(30))
+    return session().get(relay.url(path), headers=h, **kw)
+
+
+class NamedOrigin:
+    """An HTTP server in this process on 127.0.0.1:port that answers every
+    request with its name (and counts requests, health probes apart).
+    stop() closes the listening socket, so connecting is refused; start()
+    again binds the same port."""
+
+    def __init__(self, name, port=None):
+        import http.server
+        self.name = name
+        self.port = port or free_port()
+        self.hits = 0
+        self.probes = 0
+        self.lock = threading.Lock()
+        self.srv = None
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                with outer.lock:
+                    if "health probe" in (self.headers.get("User-Agent") or ""):
+                        outer.probes += 1
+                    else:
+                        outer.hits += 1
+                body = outer.name.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("X-Origin-Host", self.headers.get("Host") or "")
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_HEAD = do_GET
+        self.handler = H
+
+    def start(self):
+        import http.server
+
+        class S(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+            request_queue_size = 128
+        self.srv = S(("127.0.0.1", self.port), self.handler)
+        threading.Thread(target=self.srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def stop(self):
+        if self.srv is not None:
+            self.srv.shutdown()
+            self.srv.server_close()
+            self.srv = None
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+
+def ferry_cmd_factory(workdir, request):
+    """Generator behind a `ferry` fixture: make(args, env=None, name=None) ->
+    a started FerryCmd; at teardown every one is stopped by its pid and its
+    stderr checked for sanitizer reports (the failure is raised)."""
+    made = []
+
+    def make(args, env=None, name=None):
+        f = FerryCmd(workdir, args, env=env, name=name or "ferry%d" % len(made))
+        made.append(f)
+        request.node.ferry_logs.append((f.name, f.log_path))
+        request.node.ferry_logs.append((f.name + " stdout", f.proc_out_path()))
+        f.start(wait_forwarding=False)
+        return f
+    yield make
+    for f in made:
+        f.stop()
+    found = sanitizer_reports([f.log_path for f in made])
+    if found:
+        raise AssertionError("sanitizer report(s) at teardown:\n" + "\n".join(
+            "== %s\n%s" % (os.path.basename(p), text) for p, text in found))
+
+
+# ---------------------------------------------------------------------------
+# hostile-client helpers (test_smuggling.py, test_slow_clients.py)
+
+
+class RecordingOrigin:
+    """A raw-socket HTTP/1.1 origin in this process that keeps every byte it
+    receives, per connection, so a test can assert what reached it (and that
+    nothing else did). It frames requests the lenient way a naive server
+    does (head up to a blank line, then Transfer-Encoding containing
+    "chunked" or else the first Content-Length), so a smuggled request the
+    relay let through would show up here as a request of its own.
+
+    Answers: GET /big?size=N sends N bytes ("x" repeated) with
+    Content-Length, noting how many were written before the peer went away
+    (big_results); any other request gets 200 with a JSON body
+    {"n": index, "method", "target", "body_length"}. A request it cannot
+    frame gets 400 and the connection is closed (errors). Threads only;
+    every socket has a timeout; stop() closes them all."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.lock = threading.Lock()
+        self.conns = []          # bytearray of received bytes, per connection
+        self.reqs = []           # dicts: conn, method, target, headers, body
+        self.errors = []
+        self.big_results = []    # (bytes written, finished whole, error)
+        self._stop = threading.Event()
+        self._socks = []
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", self.port))
+        self.lsock.listen(256)
+        self.lsock.settimeout(0.2)
+        self._t = threading.Thread(target=self._accept, name="rec-origin", daemon=True)
+        self._t.start()
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                s, _ = self.lsock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            s.settimeout(60)
+            with self.lock:
+                idx = len(self.conns)
+                self.conns.append(bytearray())
+                self._socks.append(s)
+            threading.Thread(target=self._serve, args=(s, idx), daemon=True).start()
+
+    def _recv(self, s, idx, buf):
+        data = s.recv(65536)
+        if not data:
+            return False
+        with self.lock:
+            self.conns[idx] += data
+        buf += data
+        return True
+
+    def _serve(self, s, idx):
+        buf = bytearray()
+        try:
+            while not self._stop.is_set():
+                while b"\r\n\r\n" not in buf and b"\n\n" not in buf:
+                    if not self._recv(s, idx, buf):
+                        return
+                crlf = buf.find(b"\r\n\r\n")
+                lf = buf.find(b"\n\n")
+                end, sep = (crlf, 4) if crlf >= 0 and (lf < 0 or crlf < lf) else (lf, 2)
+                head = bytes(buf[:end]).decode("latin-1")
+                del buf[:end + sep]
+                lines = head.replace("\r\n", "\n").split("\n")
+                parts = lines[0].split(" ")
+                method, target = parts[0], parts[1] if len(parts) > 1 else ""
+                headers = []
+                for line in lines[1:]:
+                    k, _, v = line.partition(":")
+                    headers.append((k.strip(), v.strip()))
+                hmap = {}
+                for k, v in headers:
+                    hmap.setdefault(k.lower(), v)
+                body = bytearray()
+                if "chunked" in hmap.get("transfer-encoding", "").lower():
+                    while True:
+                        while b"\n" not in buf:
+                            if not self._recv(s, idx, buf):
+                                return
+                        i = buf.find(b"\n")
+                        line = bytes(buf[:i]).split(b";")[0].strip()
+                        del buf[:i + 1]
+                        size = int(line, 16)
+                        if size == 0:
+                            while True:
+                                while b"\n" not in buf:
+                                    if not self._recv(s, idx, buf):
+                                        return
+                                i = buf.find(b"\n")
+                                t = bytes(buf[:i])
+                                del buf[:i + 1]
+                                if t in (b"", b"\r"):
+                                    break
+                            break
+                        while len(buf) < size + 2:
+                            if not self._recv(s, idx, buf):
+                                return
+                        body += buf[:size]
+                        del buf[:size + 2]
+                elif "content-length" in hmap:
+                    n = int(hmap["content-length"])
+                    while len(buf) < n:
+                        if not self._recv(s, idx, buf):
+                            return
+                    body += buf[:n]
+                    del buf[:n]
+                with self.lock:
+                    n_req = len(self.reqs)
+                    self.reqs.append({"conn": idx, "method": method, "target": target,
+                                      "headers": headers, "body": bytes(body)})
+                if target.startswith("/big"):
+                    self._big(s, target)
+                    return
+                out = json.dumps({"n": n_req, "method": method, "target": target,
+                                  "body_length": len(body)}).encode()
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                          % (len(out), out))
+        except (ValueError, IndexError) as e:
+            with self.lock:
+                self.errors.append("conn %d: %r" % (idx, e))
+            try:
+                s.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+        except OSError:
+            pass
+        finally:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def _big(self, s, target):
+        m = re.search(r"size=(\d+)", target)
+        size = int(m.group(1)) if m else 1 << 20
+        sent = 0
+        piece = b"x" * 65536
+        try:
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                      b"Content-Length: %d\r\n\r\n" % size)
+            while sent < size:
+                n = min(len(piece), size - sent)
+                s.sendall(piece[:n])
+                sent += n
+            result = (sent, True, None)
+        except OSError as e:
+            result = (sent, False, repr(e))
+        with self.lock:
+            self.big_results.append(result)
+
+    # ---- what the tests look at
+
+    def mark(self):
+        """A point in the record: (connections, requests) so far."""
+        with self.lock:
+            return len(self.conns), len(self.reqs)
+
+    def received(self, since=None):
+        """All bytes received (on connections opened since mark `since`)."""
+        with self.lock:
+            conns = self.conns[since[0]:] if since else self.conns
+            return b"".join(bytes(c) for c in conns)
+
+    def requests(self, since=None):
+        with self.lock:
+            return list(self.reqs[since[1]:] if since else self.reqs)
+
+    def stop(self):
+        self._stop.set()
+        try:
+            self.lsock.close()
+        except OSError:
+            pass
+        with self.lock:
+            socks = list(self._socks)
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._t.join(5)
+
+
+def worker_deaths(relay):
+    """Lines of ferryd's log saying a worker died (crash or exit)."""
+    return [line for line in relay.log().splitlines()
+            if "killed by signal" in line or re.search(r"worker \d+ \(pid \d+\) exited", line)]
+
+
+class FakeAgent:
+    """A hand-made agent on a raw socket: the WebSocket upgrade under
+    agent_path (ferry.1, Ferry-Session), HELLO, READY, then whatever the
+    test does: typically nothing at all, i.e. it stops reading its socket.
+    rcvbuf shrinks the socket's receive buffer before connecting, so that
+    the relay meets a full socket sooner."""
+
+    def __init__(self, port, tunnel_id, session_id=None, agent_path="/_ferry/tunnel", rcvbuf=None,
+                 timeout=None):
+        import base64
+        self.port = port
+        self.id = tunnel_id
+        self.session = session_id or os.urandom(16).hex()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout or wait(10))
+        self.sock.connect(("127.0.0.1", port))
+        self.buf = bytearray()
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((
+            "GET %s/%s?tunnelid=%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Protocol: ferry.1\r\nFerry-Session: %s\r\n\r\n"
+            % (agent_path, tunnel_id, tunnel_id, port, key, self.session)).encode())
+        while b"\r\n\r\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise AssertionError("relay closed the agent connection: %r" % bytes(self.buf))
+            self.buf += data
+        i = self.buf.find(b"\r\n\r\n")
+        self.head = bytes(self.buf[:i]).decode("latin-1")
+        del self.buf[:i + 4]
+        if not self.head.startswith("HTTP/1.1 101"):
+            raise AssertionError("upgrade refused: %r" % self.head)
+
+    def send_frames(self, *frames):
+        """One masked binary WebSocket message carrying the mux frames."""
+        payload = b"".join(frames)
+        n = len(payload)
+        if n < 126:
+            hdr = struct.pack(">BB", 0x82, 0x80 | n)
+        elif n < 65536:
+            hdr = struct.pack(">BBH", 0x82, 0x80 | 126, n)
+        else:
+            hdr = struct.pack(">BBQ", 0x82, 0x80 | 127, n)
+        mask = os.urandom(4)
+        m = (mask * (n // 4 + 1))[:n]
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes(m, "big")).to_bytes(n, "big") if n else b""
+        self.sock.sendall(hdr + mask + masked)
+
+    def _need(self, n):
+        while len(self.buf) < n:
+            data = self.sock.recv(262144)
+            if not data:
+                raise PeerClosed("relay closed the agent connection")
+            self.buf += data
+
+    def read_message(self):
+        """One WebSocket message from the relay: (opcode, payload)."""
+        self._need(2)
+        b0, b1 = self.buf[0], self.buf[1]
+        n = b1 & 0x7f
+        off = 2
+        if n == 126:
+            self._need(4)
+            n = struct.unpack_from(">H", self.buf, 2)[0]
+            off = 4
+        elif n == 127:
+            self._need(10)
+            n = struct.unpack_from(">Q", self.buf, 2)[0]
+            off = 10
+        if b1 & 0x80:
+            raise AssertionError("the relay masked a frame")
+        self._need(off + n)
+        payload = bytes(self.buf[off:off + n])
+        del self.buf[:off + n]
+        return b0 & 0x0f, payload
+
+    def read_frames(self):
+        """The mux frames of the next binary message."""
+        while True:
+            op, payload = self.read_message()
+            if op == 0x2:
+                return parse_frames(payload)
+            if op == 0x8:
+                raise PeerClosed("relay sent a WebSocket close")
+
+    def hello(self, connections=1):
+        """HELLO, then wait for READY: its key=value payload."""
+        self.send_frames(frame(HELLO, 0, ("session=%s\ntunnel=%s\nversion=%s\nconnections=%d\n"
+                                          % (self.session, self.id, "fake-1", connections)).encode()))
+        while True:
+            for t, fl, st, payload in self.read_frames():
+                if t == READY:
+                    return parse_kv(payload)
+
+    def drain(self, seconds):
+        """Read for `seconds` (or until the relay closes): DATA payload bytes
+        per stream, and the other frames as (type, stream, payload)."""
+        data = {}
+        others = []
+        deadline = time.monotonic() + seconds
+        self.sock.settimeout(0.2)
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    frames = self.read_frames()
+                except socket.timeout:
+                    continue
+                except PeerClosed:
+                    break
+                for t, fl, st, payload in frames:
+                    if t == DATA:
+                        data[st] = data.get(st, 0) + len(payload)
+                    else:
+                        others.append((t, st, payload))
+        finally:
+            self.sock.settimeout(wait(10))
+        return data, others
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
