@@ -157,6 +157,28 @@ static void put_header(out_t *o, const char *name, const char *v, size_t vl)
     put(o, "\r\n", 2);
 }
 
+/*
+ * True when a Connection header of req names h (then h is meant for this
+ * hop only and is dropped), except Upgrade, which an upgrade carries on.
+ */
+static bool nominated(const fy_h1_request_t *req, const fy_h1_header_t *h)
+{
+    char name[128];
+    size_t i, k;
+
+    if (h->name_len >= sizeof(name) || fy_ieq(h->name, h->name_len, "upgrade"))
+        return false;
+    for (k = 0; k < h->name_len; k++)
+        name[k] = h->name[k];
+    name[k] = '\0';
+    for (i = 0; i < req->nheaders; i++) {
+        const fy_h1_header_t *c = &req->headers[i];
+        if (fy_ieq(c->name, c->name_len, "connection") && fy_h1_has_token(c->value, c->value_len, name))
+            return true;
+    }
+    return false;
+}
+
 ssize_t fy_route_rewrite(const fy_worker_t *w, const fy_client_t *c, const fy_h1_request_t *req,
                          const char *id, enum fy_route_via via, uint8_t *buf, size_t cap)
 {
@@ -186,7 +208,9 @@ ssize_t fy_route_rewrite(const fy_worker_t *w, const fy_client_t *c, const fy_h1
 
     for (i = 0; i < req->nheaders; i++) {
         const fy_h1_header_t *h = &req->headers[i];
-        if (fy_ieq(h->name, h->name_len, "x-tunnel-id"))
+        if (fy_ieq(h->name, h->name_len, "x-tunnel-id") || fy_ieq(h->name, h->name_len, "connection")
+            || fy_ieq(h->name, h->name_len, "keep-alive") || fy_ieq(h->name, h->name_len, "proxy-connection")
+            || nominated(req, h))
             continue;
         if (fy_ieq(h->name, h->name_len, "x-forwarded-for")) {
             if (trusted && xff == NULL)
@@ -209,6 +233,14 @@ ssize_t fy_route_rewrite(const fy_worker_t *w, const fy_client_t *c, const fy_h1
         put(&o, h->value, h->value_len);
         put(&o, "\r\n", 2);
     }
+    /* Connection is hop-by-hop (RFC 9110 §7.6.1): the relay says only what
+     * it means itself, so no client can nominate the headers it adds. */
+    if (req->flags & FY_H1_F_CLOSE)
+        puts_(&o, (req->flags & FY_H1_F_UPGRADE) ? "Connection: close, upgrade\r\n" : "Connection: close\r\n");
+    else if (req->flags & FY_H1_F_UPGRADE)
+        puts_(&o, "Connection: upgrade\r\n");
+    else if (req->minor == 0)
+        puts_(&o, "Connection: keep-alive\r\n");
     puts_(&o, "X-Forwarded-For: ");
     if (xff != NULL && xff->value_len > 0) {
         put(&o, xff->value, xff->value_len);
