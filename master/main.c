@@ -9,6 +9,7 @@
 #include "log/log.h"
 #include "master/cmd.h"
 #include "master/config.h"
+#include "master/master.h"
 #include "net/net.h"
 #include "worker/auth.h"
 #include "worker/worker.h"
@@ -28,39 +29,6 @@
 #include <unistd.h>
 
 #include <sodium.h>
-
-typedef struct master_s master_t;
-
-/* The master's view of one worker slot (an index keeps its mailbox across
- * restarts; the process and its control channel are new each time). */
-typedef struct {
-    master_t   *m;
-    int         index;
-    pid_t       pid;
-    uint64_t    started;       /* ms */
-    fy_chan_t   ctl;
-    bool        ctl_open;
-    int         mailbox[2];    /* [0] the worker reads, [1] every worker sends */
-} wslot_t;
-
-struct master_s {
-    fy_conf_t  *conf;
-    const char *conf_path;
-    const char *pid_path;
-    char        pid_buf[4096];
-    fy_ev_t    *ev;
-    fy_io_t     sigio;
-    fy_timer_t  respawn_timer;
-    int         fds[FY_CONF_MAX_LISTEN + 1];
-    int         ports[FY_CONF_MAX_LISTEN + 1];
-    bool        admin[FY_CONF_MAX_LISTEN + 1];
-    char        addrs[FY_CONF_MAX_LISTEN + 1][FY_ADDRSTRLEN];
-    int         nfds;
-    fy_shm_t    shm;
-    int         nworkers;
-    wslot_t     workers[FY_SHM_MAX_WORKERS];
-    bool        stopping;
-};
 
 static void free_conf(fy_conf_t *c)
 {
@@ -249,7 +217,8 @@ static void spawn_worker(master_t *m, int i)
                 close(m->workers[k].ctl.io.fd);
         memset(&st, 0, sizeof(st));
         st.conf = m->conf;
-        st.index = i;
+        st.index = ws->index;
+        st.base = m->base;
         st.nworkers = m->nworkers;
         st.nfds = m->nfds;
         memcpy(st.fds, m->fds, sizeof(st.fds));
@@ -257,9 +226,15 @@ static void spawn_worker(master_t *m, int i)
         memcpy(st.admin, m->admin, sizeof(st.admin));
         st.shm_fd = m->shm.fd;
         st.ctl_fd = ctl[1];
+        if (m->up_open)
+            close(m->up.io.fd);
+        for (k = 0; k < FY_SHM_MAX_WORKERS; k++) {
+            st.mailbox_recv[k] = -1;
+            st.mailbox_send[k] = m->foreign[k];
+        }
         for (k = 0; k < m->nworkers; k++) {
-            st.mailbox_recv[k] = m->workers[k].mailbox[0];
-            st.mailbox_send[k] = m->workers[k].mailbox[1];
+            st.mailbox_recv[m->workers[k].index] = m->workers[k].mailbox[0];
+            st.mailbox_send[m->workers[k].index] = m->workers[k].mailbox[1];
         }
         _exit(fy_worker_main(&st));
     }
@@ -302,6 +277,10 @@ static void reap(master_t *m)
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
         wslot_t *ws = NULL;
         uint32_t gone;
+        if (pid == m->new_master) {
+            fy__master_upgrade_failed(m, status);
+            continue;
+        }
         for (i = 0; i < m->nworkers; i++)
             if (m->workers[i].pid == pid)
                 ws = &m->workers[i];
@@ -318,6 +297,10 @@ static void reap(master_t *m)
         if (m->stopping) {
             if (!any_worker(m))
                 fy_ev_stop(m->ev);
+            continue;
+        }
+        if (m->winched) {
+            fy_log_info("worker %d (pid %d) left after WINCH", ws->index, (int)pid);
             continue;
         }
         if (WIFSIGNALED(status))
@@ -477,7 +460,22 @@ static void on_signal(fy_ev_t *ev, fy_io_t *io, uint32_t events)
                 fy_ev_stop(ev);
             break;
         case SIGHUP:
-            reload(m);
+            if (m->winched)
+                fy_log_warn("SIGHUP: this master's workers left after WINCH; reload the new master");
+            else
+                reload(m);
+            break;
+        case SIGUSR2:
+            fy__master_upgrade(m);
+            break;
+        case SIGWINCH:
+            if (m->new_master <= 0 && !m->up_open) {
+                fy_log_warn("SIGWINCH: no new master is running; ignored (it follows -s upgrade)");
+                break;
+            }
+            fy_log_info("SIGWINCH: telling the workers to finish and leave");
+            m->winched = true;
+            signal_workers(m, SIGQUIT);
             break;
         case SIGUSR1:
             if (open_log(m) == FY_OK)
@@ -508,6 +506,23 @@ static int write_pidfile(const char *path)
     }
     close(fd);
     return FY_OK;
+}
+
+/* Remove our pidfile: PIDFILE, or PIDFILE.oldbin once a new master took the
+ * name (never the new master's file). */
+static void unlink_pidfile(master_t *m)
+{
+    char path[4200], buf[32];
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof(path), "%s%s", m->pid_path, m->renamed_pid ? ".oldbin" : "");
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return;
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n > 0 && (buf[n] = '\0', strtol(buf, NULL, 10) == (long)getpid()))
+        unlink(path);
 }
 
 static int send_signal(const char *what, const char *pid_path)
@@ -619,9 +634,17 @@ int main(int argc, char **argv)
         return 1;
     }
     m.nworkers = m.conf->workers > 0 ? m.conf->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    m.nworkers = FY_MAX(1, FY_MIN(m.nworkers, FY_SHM_MAX_WORKERS));
+    /* Two generations share the table during an upgrade: half the records each. */
+    m.nworkers = FY_MAX(1, FY_MIN(m.nworkers, FY_SHM_MAX_WORKERS / 2));
+    m.argv = argv;
+    for (i = 0; i < FY_SHM_MAX_WORKERS; i++)
+        m.foreign[i] = -1;
     raise_nofile();
     signal(SIGPIPE, SIG_IGN);
+    if (fy__master_inherit(&m, err, sizeof(err)) != FY_OK) {
+        fprintf(stderr, "ferryd: upgrade: %s\n", err);
+        return 1;
+    }
     {
         lset_t ls;
         if (open_listeners(&m, m.conf, &ls, err, sizeof(err)) != FY_OK) {
@@ -632,14 +655,15 @@ int main(int argc, char **argv)
     }
     if (open_log(&m) != FY_OK || write_pidfile(m.pid_path) != FY_OK)
         return 1;
-    if (fy_shm_create(&m.shm, (uint32_t)m.conf->limits.max_tunnels, (uint32_t)m.nworkers) != FY_OK) {
+    if (m.shm.hdr == NULL
+        && fy_shm_create(&m.shm, (uint32_t)m.conf->limits.max_tunnels, (uint32_t)m.nworkers) != FY_OK) {
         fprintf(stderr, "ferryd: shared memory for %llu tunnels: %s\n",
                 (unsigned long long)m.conf->limits.max_tunnels, strerror(errno));
         return 1;
     }
     for (i = 0; i < m.nworkers; i++) {
         m.workers[i].m = &m;
-        m.workers[i].index = i;
+        m.workers[i].index = m.base + i;
         if (fy_chan_pair(m.workers[i].mailbox) != FY_OK) {
             fprintf(stderr, "ferryd: mailbox: %s\n", strerror(errno));
             return 1;
@@ -671,9 +695,10 @@ int main(int argc, char **argv)
     fy_log_info("connect an agent: ferry http 3000 --server ws://%s", m.conf->listen[0]);
     for (i = 0; i < m.nworkers; i++)
         spawn_worker(&m, i);
+    fy__master_announce(&m);
     fy_ev_run(m.ev);
     if (m.pid_path != NULL && m.pid_path[0] != '\0')
-        unlink(m.pid_path);
+        unlink_pidfile(&m);
     fy_log_info("master exiting");
     free_conf(m.conf);
     fy_ev_free(m.ev);

@@ -4,7 +4,8 @@
  * different address in each process. Fixed-width fields, a magic and a
  * layout version, a size check.
  *
- * The master is the only writer of slots; readers never lock: a slot's
+ * A master is the only writer of slots (two during a binary upgrade, taking
+ * turns on the header's robust mutex); readers never lock: a slot's
  * sequence counter is odd while the master writes it, and a reader retries
  * until it sees the same even value before and after its copy. When
  * tombstones pile up the master rebuilds the table in place; the header's
@@ -15,6 +16,7 @@
 #ifndef FY_SHM_TABLE_T_H
 #define FY_SHM_TABLE_T_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -63,6 +65,8 @@ typedef struct fy_shm_worker_s {
     _Atomic uint64_t errors[32];             /* by code, fy_error_codes order */
     _Atomic uint64_t agent_connects;
     _Atomic uint64_t clients;                /* gauge */
+    _Atomic uint32_t agents;                 /* gauge: agent connections it holds */
+    uint32_t         pad2;
 } fy_shm_worker_t;
 
 typedef struct fy_shm_hdr_s {
@@ -76,6 +80,9 @@ typedef struct fy_shm_hdr_s {
     _Atomic uint32_t  epoch;                 /* odd while the master rebuilds the table (slots move) */
     _Atomic uint64_t  worker_restarts;
     _Atomic uint64_t  reloads;
+    /* Masters only: during a binary upgrade two masters write the table;
+     * a robust process-shared mutex serializes them. Workers never take it. */
+    pthread_mutex_t   writer;
     fy_shm_worker_t   workers[FY_SHM_MAX_WORKERS];
     /* fy_shm_slot_t slots[capacity] follow */
 } fy_shm_hdr_t;

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static uint32_t hash_id(const char *s)
@@ -62,6 +63,14 @@ int fy_shm_create(fy_shm_t *s, uint32_t max_tunnels, uint32_t nworkers)
         errno = e;
         return FY_ERR;
     }
+    {
+        pthread_mutexattr_t ma;
+        pthread_mutexattr_init(&ma);
+        pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
+        pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
+        pthread_mutex_init(&s->hdr->writer, &ma);
+        pthread_mutexattr_destroy(&ma);
+    }
     s->hdr->magic = FY_SHM_MAGIC;
     s->hdr->version = FY_SHM_VERSION;
     s->hdr->capacity = cap;
@@ -73,8 +82,13 @@ int fy_shm_create(fy_shm_t *s, uint32_t max_tunnels, uint32_t nworkers)
 int fy_shm_attach(fy_shm_t *s, int fd)
 {
     fy_shm_hdr_t hdr;
+    struct stat st;
+    /* An inherited fd is trusted only as far as its header and size agree:
+     * a short region would fault on the first lookup. */
     if (pread(fd, &hdr, sizeof(hdr), 0) != (ssize_t)sizeof(hdr) || hdr.magic != FY_SHM_MAGIC
-        || hdr.version != FY_SHM_VERSION || (hdr.capacity & (hdr.capacity - 1)) != 0) {
+        || hdr.version != FY_SHM_VERSION || hdr.capacity == 0 || hdr.capacity > (1u << 25)
+        || (hdr.capacity & (hdr.capacity - 1)) != 0 || fstat(fd, &st) < 0
+        || (size_t)st.st_size < region_size(hdr.capacity)) {
         errno = EINVAL;
         return FY_ERR;
     }
@@ -176,6 +190,19 @@ bool fy_shm_read_slot(const fy_shm_t *s, uint32_t i, fy_shm_entry_t *e)
 
 /* --- the writer (master) --------------------------------------------------------- */
 
+/* A master that died holding the lock left the slot it wrote odd-sequenced
+ * at worst; its writes are single slots, so the table is usable as is. */
+static void lock(fy_shm_t *s)
+{
+    if (pthread_mutex_lock(&s->hdr->writer) == EOWNERDEAD)
+        pthread_mutex_consistent(&s->hdr->writer);
+}
+
+static void unlock(fy_shm_t *s)
+{
+    pthread_mutex_unlock(&s->hdr->writer);
+}
+
 static void write_begin(fy_shm_slot_t *sl)
 {
     uint32_t s = atomic_load_explicit(&sl->seq, memory_order_relaxed);
@@ -223,7 +250,7 @@ static int64_t find(fy_shm_t *s, const char *id, int64_t *free_slot)
     return -1;
 }
 
-int fy_shm_add_owner(fy_shm_t *s, const char *id, const char *session, const char *holder,
+static int add_owner(fy_shm_t *s, const char *id, const char *session, const char *holder,
                      const char *agent_addr, uint16_t worker, uint32_t conn, int64_t now)
 {
     int64_t k, free_slot;
@@ -353,7 +380,17 @@ static void drop_owner(fy_shm_t *s, uint32_t k, uint32_t j)
     write_end(sl);
 }
 
-bool fy_shm_remove_owner(fy_shm_t *s, const char *id, uint16_t worker, uint32_t conn)
+int fy_shm_add_owner(fy_shm_t *s, const char *id, const char *session, const char *holder,
+                     const char *agent_addr, uint16_t worker, uint32_t conn, int64_t now)
+{
+    int rc;
+    lock(s);
+    rc = add_owner(s, id, session, holder, agent_addr, worker, conn, now);
+    unlock(s);
+    return rc;
+}
+
+static bool remove_owner(fy_shm_t *s, const char *id, uint16_t worker, uint32_t conn)
 {
     int64_t k, free_slot;
     uint32_t j;
@@ -369,9 +406,19 @@ bool fy_shm_remove_owner(fy_shm_t *s, const char *id, uint16_t worker, uint32_t 
     return false;
 }
 
+bool fy_shm_remove_owner(fy_shm_t *s, const char *id, uint16_t worker, uint32_t conn)
+{
+    bool rc;
+    lock(s);
+    rc = remove_owner(s, id, worker, conn);
+    unlock(s);
+    return rc;
+}
+
 uint32_t fy_shm_sweep_worker(fy_shm_t *s, uint16_t worker)
 {
     uint32_t k, j, removed = 0;
+    lock(s);
     for (k = 0; k < s->hdr->capacity; k++) {
         fy_shm_slot_t *sl = &s->slots[k];
         if (sl->state != FY_SHM_USED)
@@ -389,5 +436,6 @@ uint32_t fy_shm_sweep_worker(fy_shm_t *s, uint16_t worker)
             }
         }
     }
+    unlock(s);
     return removed;
 }

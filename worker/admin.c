@@ -69,7 +69,7 @@ static uint64_t sum(fy_worker_t *w, size_t offset)
 {
     uint64_t n = 0;
     int i;
-    for (i = 0; i < w->nworkers; i++)
+    for (i = 0; i < FY_SHM_MAX_WORKERS; i++)   /* every generation's records */
         n += atomic_load_explicit((_Atomic uint64_t *)((char *)fy_shm_worker(&w->shm, (unsigned)i) + offset),
                                   memory_order_relaxed);
     return n;
@@ -105,38 +105,48 @@ static void metrics(fy_worker_t *w, text_t *t)
             (unsigned long long)atomic_load(&w->shm.hdr->reloads));
 }
 
-/* Every tunnel on the host, from the shared table, whichever worker asks. */
+/* Every tunnel on the host, from the shared table, whichever worker asks.
+ * A scan that a table rebuild overlapped (slots moved) is done again. */
 static void tunnels_json(fy_worker_t *w, text_t *t)
 {
-    uint32_t i;
-    bool first = true;
+    int attempt;
 
-    tprintf(t, "{\"tunnels\":[");
-    for (i = 0; i < w->shm.hdr->capacity; i++) {
-        fy_shm_entry_t e;
-        int owner;
-        if (!fy_shm_read_slot(&w->shm, i, &e))
+    for (attempt = 0; attempt < 8; attempt++) {
+        uint32_t e1 = atomic_load_explicit(&w->shm.hdr->epoch, memory_order_acquire), i;
+        bool first = true;
+
+        t->b.rpos = t->b.wpos = 0;
+        if (e1 & 1)
             continue;
-        owner = e.nowners > 0 ? e.owners[0].worker : -1;
-        /* ids are [a-z0-9-] and addresses are numeric: nothing to escape */
-        tprintf(t, "%s{\"id\":\"%s\",\"worker\":%d,\"worker_pid\":%d,\"workers\":[",
-                first ? "" : ",", e.id, owner,
-                owner >= 0 ? (int)atomic_load(&fy_shm_worker(&w->shm, (unsigned)owner)->pid) : 0);
-        for (uint32_t k = 0; k < e.nowners; k++)
-            tprintf(t, "%s%u", k ? "," : "", e.owners[k].worker);
-        tprintf(t, "],\"connections\":%u,\"connected_since\":%lld,\"requests\":%llu,\"bytes_in\":%llu,"
-                "\"bytes_out\":%llu,\"agent\":\"%s\"}",
-                e.nowners, (long long)e.connected_since, (unsigned long long)e.requests,
-                (unsigned long long)e.bytes_in, (unsigned long long)e.bytes_out, e.agent_addr);
-        first = false;
+        tprintf(t, "{\"tunnels\":[");
+        for (i = 0; i < w->shm.hdr->capacity; i++) {
+            fy_shm_entry_t e;
+            int owner;
+            if (!fy_shm_read_slot(&w->shm, i, &e))
+                continue;
+            owner = e.nowners > 0 ? e.owners[0].worker : -1;
+            /* ids are [a-z0-9-] and addresses are numeric: nothing to escape */
+            tprintf(t, "%s{\"id\":\"%s\",\"worker\":%d,\"worker_pid\":%d,\"workers\":[",
+                    first ? "" : ",", e.id, owner,
+                    owner >= 0 ? (int)atomic_load(&fy_shm_worker(&w->shm, (unsigned)owner)->pid) : 0);
+            for (uint32_t k = 0; k < e.nowners; k++)
+                tprintf(t, "%s%u", k ? "," : "", e.owners[k].worker);
+            tprintf(t, "],\"connections\":%u,\"connected_since\":%lld,\"requests\":%llu,\"bytes_in\":%llu,"
+                    "\"bytes_out\":%llu,\"agent\":\"%s\"}",
+                    e.nowners, (long long)e.connected_since, (unsigned long long)e.requests,
+                    (unsigned long long)e.bytes_in, (unsigned long long)e.bytes_out, e.agent_addr);
+            first = false;
+        }
+        tprintf(t, "]}\n");
+        if (atomic_load_explicit(&w->shm.hdr->epoch, memory_order_acquire) == e1)
+            return;
     }
-    tprintf(t, "]}\n");
 }
 
 static bool all_workers_up(fy_worker_t *w)
 {
     int i;
-    for (i = 0; i < w->nworkers; i++)
+    for (i = w->base; i < w->base + w->nworkers; i++)
         if (atomic_load(&fy_shm_worker(&w->shm, (unsigned)i)->state) != FY_SHM_W_UP)
             return false;
     return true;

@@ -149,6 +149,8 @@ void fy_agentconn_request(fy_client_t *c, const fy_h1_request_t *req, const char
     }
     c->reg = p;
     c->state = FY_C_REGISTER;
+    /* Counted from now, so that agents arriving together spread out. */
+    atomic_fetch_add_explicit(&w->rec->agents, 1, memory_order_relaxed);
     c->wait_until = fy_ev_now(w->ev) + 5000;
     w->nparked++;
 }
@@ -170,12 +172,14 @@ static void upgrade(fy_client_t *c, fy_pending_agent_t *p)
     /* Nothing was written to this connection yet: the 101 goes out whole. */
     if (write(c->io.fd, resp, (size_t)n) != n || (ac = calloc(1, sizeof(*ac))) == NULL) {
         fy_worker_unregister(w, p->id, p->conn);
+        fy_agentconn_unreserve(w);
         fy_client_close(c);
         return;
     }
     if ((t = fy_tunnel_find(w, p->id)) == NULL && (t = fy_tunnel_add(w, p->id, p->session, p->holder)) == NULL) {
         free(ac);
         fy_worker_unregister(w, p->id, p->conn);
+        fy_agentconn_unreserve(w);
         fy_client_close(c);
         return;
     }
@@ -220,6 +224,8 @@ void fy_agentconn_registered(fy_client_t *c, int result)
     c->reg = NULL;
     c->state = FY_C_HEAD;
     c->w->nparked--;
+    if (result != FY_SHM_ADDED)
+        fy_agentconn_unreserve(c->w);
     switch (result) {
     case FY_SHM_ADDED:
         upgrade(c, p);
@@ -240,6 +246,20 @@ void fy_agentconn_registered(fy_client_t *c, int result)
         break;
     }
     free(p);
+}
+
+void fy_agentconn_unreserve(fy_worker_t *w)
+{
+    atomic_fetch_sub_explicit(&w->rec->agents, 1, memory_order_relaxed);
+}
+
+fy_agentconn_t *fy_agentconn_pick_draining(fy_tunnel_t *t)
+{
+    unsigned i;
+    for (i = 0; i < t->nconns; i++)
+        if (t->conns[i]->ready && !t->conns[i]->tun.closed)
+            return t->conns[i];
+    return NULL;
 }
 
 fy_agentconn_t *fy_agentconn_pick(fy_tunnel_t *t)
@@ -453,6 +473,7 @@ static void on_close(fy_tun_t *t, const char *why)
     unsigned k;
 
     fy_timer_stop(w->ev, &ac->timer);
+    atomic_fetch_sub_explicit(&w->rec->agents, 1, memory_order_relaxed);
     for (i = 0; ac->buckets != NULL && i < ac->nbuckets; i++) {
         while (ac->buckets[i] != NULL) {
             fy_client_t *c = ac->buckets[i];

@@ -30,6 +30,8 @@ enum fy_ctl_type {
     FY_CTL_TUNNEL_UP,      /* master -> workers: id gained an owner (wake tunnel_wait) */
     FY_CTL_RELOAD,         /* master -> workers: fds[0] = the validated config (memfd), then the
                             * listen sockets; ports[]/admin[] describe them */
+    FY_CTL_MAILBOXES,      /* master -> workers, and new master -> old master during an upgrade:
+                            * the other generation's mailboxes; fds[k] is worker ports[k]'s */
 };
 
 #define FY_CTL_MAX_FDS 18      /* the config, and up to 16 listeners plus admin */

@@ -200,6 +200,7 @@ static void request_error(fy_client_t *c, const fy_h1_request_t *req, int status
 {
     bool keep = !(req->flags & FY_H1_F_CLOSE)
         && (req->body == FY_H1_BODY_NONE || (req->body == FY_H1_BODY_LENGTH && req->content_length == 0));
+    c->wait_until = 0;   /* the next request waits for its own tunnel afresh */
     c->err_req = req;
     fy_client_error(c, keep, status, code, "%s", msg);
     c->err_req = NULL;
@@ -233,6 +234,8 @@ void fy_client_close(fy_client_t *c)
         fy_agentconn_end_stream(c, FY_MUX_RST_CANCEL);
     if (c->state == FY_C_REGISTER || c->state == FY_C_TUNNEL_WAIT || c->state == FY_C_HANDOFF)
         c->w->nparked--;
+    if (c->reg != NULL)
+        fy_agentconn_unreserve(c->w);
     free(c->reg);   /* the master's answer finds no client and undoes the registration */
     c->reg = NULL;
     fy_io_del(c->w->ev, &c->io);
@@ -678,12 +681,39 @@ static int owner_elsewhere(fy_client_t *c, const char *id)
         return -1;
     for (i = 0; i < e.nowners; i++) {
         const fy_shm_owner_t *o = &e.owners[(w->rr + i) % e.nowners];
-        if (o->worker != w->index && o->worker < w->nworkers) {
+        if (o->worker != w->index && o->worker < FY_SHM_MAX_WORKERS && w->mailbox_send[o->worker] >= 0
+            && atomic_load(&fy_shm_worker(&w->shm, o->worker)->state) != FY_SHM_W_DOWN) {
             w->rr++;
             return o->worker;
         }
     }
     return -1;
+}
+
+/*
+ * Agents spread over the workers: the accepting worker is whichever epoll
+ * woke (with EPOLLEXCLUSIVE, mostly the same one), so an agent's upgrade
+ * moves to the worker of this generation holding the fewest agent
+ * connections when that is fewer than here. Returns the worker or -1.
+ */
+static int least_loaded(fy_client_t *c)
+{
+    fy_worker_t *w = c->w;
+    uint32_t mine = atomic_load(&w->rec->agents), best = mine;
+    int k, target = -1;
+
+    if (c->hops >= 2)
+        return -1;
+    for (k = 1; k < w->nworkers; k++) {   /* from the next worker on: ties spread */
+        int i = w->base + (w->index - w->base + k) % w->nworkers;
+        fy_shm_worker_t *r = fy_shm_worker(&w->shm, (unsigned)i);
+        uint32_t n = atomic_load(&r->agents);
+        if (i != w->index && w->mailbox_send[i] >= 0 && atomic_load(&r->state) == FY_SHM_W_UP && n < best) {
+            best = n;
+            target = i;
+        }
+    }
+    return target;
 }
 
 /* A tunnel that is not connected: wait up to tunnel_wait for it (an agent
@@ -758,8 +788,13 @@ static bool step_head(fy_client_t *c)
         return false;
     }
     if (agent_path(w, &req, &aid, &aidl) && !fy_route_host_names_tunnel(w, &req)) {
+        int target;
         if (c->ac != NULL)
             fy_agentconn_end_stream(c, FY_MUX_RST_DONE);
+        if ((req.flags & FY_H1_F_UPGRADE) && (target = least_loaded(c)) >= 0) {
+            fy_worker_handoff(w, c, target);
+            return false;
+        }
         fy_agentconn_request(c, &req, aid, aidl);
         return false;   /* c may be gone: it became an agent connection */
     }
@@ -779,6 +814,10 @@ static bool step_head(fy_client_t *c)
                 fy_worker_handoff(w, c, target);
                 return false;
             }
+        }
+        if (ac == NULL && t != NULL)
+            ac = fy_agentconn_pick_draining(t);
+        if (ac == NULL) {
             if (park_for_tunnel(c, id))
                 return false;
             char msg[128];

@@ -181,6 +181,20 @@ static void on_ctl(fy_chan_t *ch, const fy_ctl_msg_t *m, int *fds, int nfds)
         reload(w, m, fds, nfds);
         return;
     }
+    if (m->type == FY_CTL_MAILBOXES && (uint32_t)nfds == m->nfds) {
+        /* The other generation of an upgrade: its workers can be handed to. */
+        for (int k = 0; k < nfds; k++) {
+            unsigned idx = m->ports[k];
+            if (idx >= FY_SHM_MAX_WORKERS || (int)idx == w->index) {
+                close(fds[k]);
+                continue;
+            }
+            if (w->mailbox_send[idx] >= 0)
+                close(w->mailbox_send[idx]);
+            w->mailbox_send[idx] = fds[k];
+        }
+        return;
+    }
     while (nfds > 0)
         close(fds[--nfds]);
     switch (m->type) {
@@ -309,6 +323,7 @@ void fy_worker_wake(fy_worker_t *w, const char *id)
             if (now >= c->wait_until) {
                 free(c->reg);
                 c->reg = NULL;
+                fy_agentconn_unreserve(w);
                 c->state = FY_C_HEAD;
                 w->nparked--;
                 fy_client_error(c, false, 503, "busy", "the relay did not register the tunnel in time");
@@ -336,6 +351,7 @@ int fy_worker_main(const fy_worker_setup_t *st)
     memset(&w, 0, sizeof(w));
     w.conf = st->conf;
     w.index = st->index;
+    w.base = st->base;
     w.nworkers = st->nworkers;
     if ((w.ev = fy_ev_new()) == NULL || fy_shm_attach(&w.shm, st->shm_fd) != FY_OK) {
         fy_log(FY_LOG_ERR, errno, "worker %d: start", st->index);
@@ -343,9 +359,9 @@ int fy_worker_main(const fy_worker_setup_t *st)
     }
     w.rec = fy_shm_worker(&w.shm, (unsigned)w.index);
     /* The other workers' mailboxes are theirs to read. */
-    for (i = 0; i < st->nworkers; i++) {
+    for (i = 0; i < FY_SHM_MAX_WORKERS; i++) {
         w.mailbox_send[i] = st->mailbox_send[i];
-        if (i != st->index)
+        if (i != st->index && st->mailbox_recv[i] >= 0)
             close(st->mailbox_recv[i]);
     }
     w.mailbox_cap = sizeof(fy_handoff_hdr_t) + w.conf->limits.max_header_bytes + 128 * 1024;

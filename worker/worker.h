@@ -173,12 +173,13 @@ struct fy_worker_s {
     fy_ev_t         *ev;
     fy_conf_t       *conf;
     int              index;
+    int              base;            /* this generation's first worker index */
     int              nworkers;
     fy_shm_t         shm;
     fy_shm_worker_t *rec;             /* this worker's record in the shared region */
     fy_chan_t        ctl;             /* to the master */
     fy_io_t          mailbox;         /* handoffs to this worker */
-    int              mailbox_send[FY_SHM_MAX_WORKERS];
+    int              mailbox_send[FY_SHM_MAX_WORKERS];   /* by worker index, -1 if unknown */
     uint8_t         *mailbox_buf;
     size_t           mailbox_cap;
     uint32_t         conn_serial, reg_serial;
@@ -205,7 +206,8 @@ struct fy_worker_s {
 /* What the master gives a worker it forks. */
 typedef struct fy_worker_setup_s {
     fy_conf_t *conf;
-    int        index;
+    int        index;       /* absolute: base + the worker's number */
+    int        base;        /* this generation's first index */
     int        nworkers;
     int        nfds;
     int        fds[FY_CONF_MAX_LISTEN + 1];
@@ -213,8 +215,8 @@ typedef struct fy_worker_setup_s {
     bool       admin[FY_CONF_MAX_LISTEN + 1];
     int        shm_fd;
     int        ctl_fd;
-    int        mailbox_recv[FY_SHM_MAX_WORKERS];   /* the master's; the worker keeps only its own */
-    int        mailbox_send[FY_SHM_MAX_WORKERS];
+    int        mailbox_recv[FY_SHM_MAX_WORKERS];   /* by index, -1 if none; the worker keeps only its own */
+    int        mailbox_send[FY_SHM_MAX_WORKERS];   /* by index, -1 if none */
 } fy_worker_setup_t;
 
 /* worker.c */
@@ -263,11 +265,16 @@ void fy_tunnel_remove(fy_worker_t *w, fy_tunnel_t *t);
 void fy_agentconn_request(fy_client_t *c, const fy_h1_request_t *req, const char *id, size_t id_len);
 /* Pick a connection of t for a new stream (NULL: none ready). */
 fy_agentconn_t *fy_agentconn_pick(fy_tunnel_t *t);
+/* A connection that is moving away (GOAWAY sent) but still serves: used
+ * when the tunnel has no other connection yet. */
+fy_agentconn_t *fy_agentconn_pick_draining(fy_tunnel_t *t);
 /* Attach client c as a new stream of ac (sends OPEN). FY_OK or FY_ERR. */
 int fy_agentconn_open_stream(fy_agentconn_t *ac, fy_client_t *c) FY_MUST_USE;
 /* Detach c's stream from its connection (RST with code unless 0). */
 void fy_agentconn_end_stream(fy_client_t *c, uint32_t code);
 void fy_agentconn_goaway_all(fy_worker_t *w);
+/* An agent connection counted at its upgrade did not come to be. */
+void fy_agentconn_unreserve(fy_worker_t *w);
 /* The master answered c's registration (enum fy_shm_add). */
 void fy_agentconn_registered(fy_client_t *c, int result);
 

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from harness import (PYTHON, SAN, Proc, RawConn, alive, build_request, children_of, poll, session,
+from harness import (PYTHON, Proc, RawConn, alive, build_request, children_of, poll, session,
                      tail, wait)
 
 # ---------------------------------------------------------------------------
@@ -497,6 +497,7 @@ def test_kill_owner_worker_while_requests_flow(relay_factory, agent_factory, nam
     new = poll(lambda: [p for p in worker_pids(relay) if p not in old_workers], wait(3), interval=0.02,
                what="a new worker")
     t_new = time.monotonic() - t_kill
+    assert len(new) == 1 and alive(new[0]), new
     assert len(worker_pids(relay)) == 4
     assert not alive(vpid)
     # The table forgets the dead worker at once.
@@ -537,7 +538,7 @@ def test_kill_owner_worker_while_requests_flow(relay_factory, agent_factory, nam
           % (t_new, t_back, m0["ferry_worker_restarts_total"], m1["ferry_worker_restarts_total"],
              "\n  ".join(report)))
     assert not problems, "requests that failed but were not in flight on the dead worker: %s" % problems[:10]
-    assert t_new < 2.0, "the new worker came %.2fs after the kill" % t_new
+    assert t_new < wait(2), "the new worker came %.2fs after the kill" % t_new
     assert m1["ferry_worker_restarts_total"] == m0["ferry_worker_restarts_total"] + 1
     # /health is back to ok with four workers up
     assert session().get(relay.admin_url("/health"), timeout=wait(5)).text.strip() == "ok"
@@ -590,10 +591,12 @@ def test_mailbox_of_a_dead_worker_is_served_by_its_replacement(relay_factory, ag
 # several agent connections per tunnel
 
 
-def agent_sockets(relay, agent):
-    """The agent's local ports of its connections to the relay."""
+def agent_ports_on(relay, agent, wpid):
+    """The agent's local ports of its connections held by worker wpid."""
     tcp = tcp_table()
-    return sorted(tcp[i][0] for i in socket_inodes(agent.pid) if i in tcp and tcp[i][1] == relay.port)
+    agent_ports = {tcp[i][0] for i in socket_inodes(agent.pid) if i in tcp and tcp[i][1] == relay.port}
+    return sorted(tcp[i][1] for i in socket_inodes(wpid)
+                  if i in tcp and tcp[i][0] == relay.port and tcp[i][1] in agent_ports)
 
 
 def destroy_socket(local_port, remote_port):
@@ -613,29 +616,17 @@ def test_four_connections_per_tunnel(relay_factory, agent_factory, named_origins
     relay = relay_factory(workers=4, limits={"tunnel_wait": "%ds" % wait(8)})
     origins = named_origins(["mc"])
     ws = worker_pids(relay)
-    agents = start_tunnels(relay, agent_factory, origins, ["mc"], args=["--connections", "4"], pin={"mc": ws[0]})
+    agents = start_tunnels(relay, agent_factory, origins, ["mc"], args=["--connections", "4"])
     agent = agents["mc"]
     poll(lambda: api_tunnels(relay)["mc"]["connections"] == 4, wait(10), what="4 connections")
-    # The agent opens its 4 connections at once: they land on one worker.
-    # Move two of them, one to each of two other workers: abort one socket,
-    # let the dropped registration leave the table, then let only the
-    # target worker accept the reconnection.
-    for target in ws[1:3]:
-        before = agent_conns_by_worker(relay, agent)
-        port = agent_sockets(relay, agent)[0]
-        if not destroy_socket(port, relay.port):
-            pytest.skip("cannot abort a TCP connection here (ss -K)")
-        poll(lambda: api_tunnels(relay)["mc"]["connections"] == 3, wait(5), interval=0.01,
-             what="the aborted connection out of the table")
-        with PinnedTo(relay, target):
-            poll(lambda: agent_conns_by_worker(relay, agent).get(target, 0) > before.get(target, 0), wait(8),
-                 interval=0.02, what="the agent's reconnection on worker %d" % target)
-        poll(lambda: api_tunnels(relay)["mc"]["connections"] == 4, wait(5), what="4 connections again")
+    # The agent opens its 4 connections at once and they mostly land on one
+    # worker's accept; the relay spreads agent connections over the workers
+    # (each upgrade goes to the worker holding the fewest).
     t = api_tunnels(relay)["mc"]
     by_worker = agent_conns_by_worker(relay, agent)
     print("tunnel: %s; agent connections by worker pid: %s" % (t, by_worker))
     assert t["connections"] == 4, t
-    assert len(set(t["workers"])) == 3 == len(by_worker), (t, by_worker)
+    assert len(set(t["workers"])) >= 3 and len(by_worker) >= 3, (t, by_worker)
 
     # All requests succeed, spread over the connections.
     with concurrent.futures.ThreadPoolExecutor(8) as ex:
@@ -735,3 +726,32 @@ def test_single_worker_sanity(relay_factory, agent_factory, named_origins):
     assert sorted(tunnels) == sorted(names)
     assert all(t["worker_pid"] == w for t in tunnels.values())
     poll(lambda: fd_count(w) <= base, wait(10), interval=0.2, what="fds back to %d (now %d)" % (base, fd_count(w)))
+
+
+# ---------------------------------------------------------------------------
+# tunnel_wait
+
+
+def test_tunnel_wait_for_every_request_of_a_keepalive_connection(relay_factory, agent_factory, named_origins):
+    """Each request waits up to tunnel_wait for its tunnel, also the second
+    request of a keep-alive connection whose first one waited in vain."""
+    tw = wait(1.5)
+    relay = relay_factory(workers=2, limits={"tunnel_wait": "%dms" % int(tw * 1000)})
+    origins = named_origins(["late"])
+    with RawConn(relay.port, timeout=wait(20)) as c:
+        t0 = time.monotonic()
+        r = c.request("GET", "/1", relay.host("ghost"))
+        first = time.monotonic() - t0
+        assert r.status == 404 and r.header("X-Ferry-Error") == "tunnel_offline", r
+        assert first >= tw * 0.9, "the first request waited %.2fs, tunnel_wait is %.2fs" % (first, tw)
+        assert r.header("Connection") != "close", "a 404 keeps the connection"
+        # The next request on the same connection names a tunnel whose agent
+        # connects a moment later: it must wait for it, not fail at once.
+        c.send(build_request("GET", "/2", relay.host("late")))
+        t1 = time.monotonic()
+        time.sleep(0.3)
+        agent_factory(relay, target=origins.ports["late"], subdomain="late", name="ferry-late")
+        r = c.read_response()
+        second = time.monotonic() - t1
+        assert r.status == 200 and json.loads(r.body)["origin"] == "late", (
+            "second request on the connection: %r after %.2fs (tunnel_wait %.2fs)" % (r, second, tw))

@@ -797,9 +797,7 @@ Test(shm, tombstones_bounded_at_the_limit, .timeout = 60)
  * scan of every slot (what /api/tunnels does) must list each exactly once,
  * even while the writer's churn makes the table reorganise itself.
  */
-#define RACE_IDS     26
 #define RACE_STABLE  6
-#define RACE_MAX     (RACE_IDS + RACE_STABLE)   /* the table runs half full at most */
 #define RACE_READERS 3
 #define RACE_MS      2000
 
@@ -814,11 +812,15 @@ static void spell(char *dst, size_t cap, char tag, uint32_t g)
     dst[n] = '\0';
 }
 
+static uint32_t race_ids;   /* churning ids of the current run */
+
 static const char *race_id(uint32_t i)
 {
-    static char ids[RACE_IDS][16];
-    snprintf(ids[i], sizeof(ids[i]), "race-%u", i);
-    return ids[i];
+    static char ids[4][16];
+    static unsigned next;
+    char *b = ids[next++ % 4];
+    snprintf(b, sizeof(ids[0]), "race-%u", i);
+    return b;
 }
 
 static const char *stable_id(uint32_t i)
@@ -878,7 +880,7 @@ static int race_reader(int fd, unsigned seed)
 {
     fy_shm_t s;
     fy_shm_entry_t e;
-    uint64_t deadline = now_ms() + RACE_MS, found = 0, reads = 0, scans = 0;
+    uint64_t deadline = now_ms() + RACE_MS, found = 0, reads = 0, scans = 0, moved = 0;
     uint32_t lastgen[RACE_STABLE] = {0}, i;
     const char *why;
 
@@ -888,7 +890,7 @@ static int race_reader(int fd, unsigned seed)
     while (now_ms() < deadline) {
         for (i = 0; i < 2000; i++) {
             bool stable = (i & 7) == 0;
-            uint32_t k = (uint32_t)(rnd() % (stable ? RACE_STABLE : RACE_IDS));
+            uint32_t k = (uint32_t)(rnd() % (stable ? RACE_STABLE : race_ids));
             const char *id = stable ? stable_id(k) : race_id(k);
             reads++;
             if (!fy_shm_lookup(&s, id, &e)) {
@@ -915,9 +917,15 @@ static int race_reader(int fd, unsigned seed)
             }
         }
         /* A scan of every slot, as /api/tunnels does: consistent copies,
-         * each stable id exactly once. */
+         * and each stable id exactly once when the table was not rebuilt
+         * under the scan (the header's epoch is odd while the master moves
+         * slots; a scan that saw it move is not a snapshot and is retried,
+         * as a lookup does). */
         {
             uint32_t seen[RACE_STABLE] = {0};
+            uint32_t e1 = atomic_load_explicit(&s.hdr->epoch, memory_order_acquire), e2;
+            if (e1 & 1)
+                continue;
             scans++;
             for (i = 0; i < s.hdr->capacity; i++) {
                 if (!fy_shm_read_slot(&s, i, &e))
@@ -930,6 +938,12 @@ static int race_reader(int fd, unsigned seed)
                 if (strncmp(e.id, "stable-", 7) == 0)
                     seen[atoi(e.id + 7) % RACE_STABLE]++;
             }
+            atomic_thread_fence(memory_order_acquire);
+            e2 = atomic_load_explicit(&s.hdr->epoch, memory_order_relaxed);
+            if (e1 != e2) {
+                moved++;
+                continue;
+            }
             for (i = 0; i < RACE_STABLE; i++) {
                 if (seen[i] != 1) {
                     fprintf(stderr, "reader %d: scan %llu listed %s %u times\n", (int)getpid(),
@@ -939,27 +953,32 @@ static int race_reader(int fd, unsigned seed)
             }
         }
     }
-    fprintf(stderr, "reader %d: %llu reads, %llu found, %llu scans, none torn\n", (int)getpid(),
-            (unsigned long long)reads, (unsigned long long)found, (unsigned long long)scans);
+    fprintf(stderr, "reader %d: %llu reads, %llu found, %llu scans (%llu under a rebuild), none torn\n",
+            (int)getpid(), (unsigned long long)reads, (unsigned long long)found, (unsigned long long)scans,
+            (unsigned long long)moved);
     fy_shm_detach(&s);
     return found > 0 ? 0 : 3;
 }
 
-Test(shm, readers_in_other_processes_never_see_a_torn_slot, .timeout = 60)
+static void race(uint32_t nids, uint32_t max_tunnels)
 {
     fy_shm_t s;
     pid_t kids[RACE_READERS];
     int status[RACE_READERS];
     bool done[RACE_READERS] = {false};
-    uint32_t gen_of[RACE_IDS] = {0}, nown[RACE_IDS] = {0};
-    uint16_t owners[RACE_IDS][FY_SHM_MAX_OWNERS];
+    uint32_t *gen_of = calloc(nids, sizeof(uint32_t)), *nown = calloc(nids, sizeof(uint32_t));
+    uint16_t (*owners)[FY_SHM_MAX_OWNERS] = calloc(nids, sizeof(*owners));
     uint32_t g = 0, left = RACE_READERS, i, reorganised = 0;
     uint64_t writes = 0, deadline;
 
-    cr_assert_eq(fy_shm_create(&s, RACE_MAX, 4), FY_OK);   /* a small table: chains, reuse, reorganising */
+    cr_assert(gen_of && nown && owners);
+    race_ids = nids;
+    /* More ids than max_tunnels: the table runs at its limit (half full),
+     * where tombstones pile up fastest and the master rebuilds it. */
+    cr_assert_eq(fy_shm_create(&s, max_tunnels, 4), FY_OK);
     for (i = 0; i < RACE_STABLE; i++)
         cr_assert_eq(insert_g(&s, stable_id(i), 0, ++g), FY_SHM_ADDED);
-    for (i = 0; i < RACE_IDS; i += 2) {
+    for (i = 0; i < nids && s.hdr->used < max_tunnels; i += 2) {
         cr_assert_eq(insert_g(&s, race_id(i), 0, ++g), FY_SHM_ADDED);
         gen_of[i] = g, nown[i] = 1, owners[i][0] = 0;
     }
@@ -977,12 +996,14 @@ Test(shm, readers_in_other_processes_never_see_a_torn_slot, .timeout = 60)
     deadline = now_ms() + RACE_MS + 20000;
     while (left > 0) {
         for (i = 0; i < 1000; i++) {
-            uint32_t k = (uint32_t)(rnd() % RACE_IDS), j, tomb = s.hdr->tombstones;
+            uint32_t k = (uint32_t)(rnd() % nids), j, ep = atomic_load(&s.hdr->epoch);
             uint64_t r = rnd();
             if (nown[k] == 0) {
-                cr_assert_eq(insert_g(&s, race_id(k), 0, ++g), FY_SHM_ADDED);
-                gen_of[k] = g, nown[k] = 1, owners[k][0] = 0;
-            } else if ((r & 1) && nown[k] < FY_SHM_MAX_OWNERS) {
+                bool full = s.hdr->used >= max_tunnels;
+                cr_assert_eq(insert_g(&s, race_id(k), 0, ++g), full ? FY_SHM_FULL : FY_SHM_ADDED);
+                if (!full)
+                    gen_of[k] = g, nown[k] = 1, owners[k][0] = 0;
+            } else if ((r & 3) == 0 && nown[k] < FY_SHM_MAX_OWNERS) {
                 /* Another connection: the lowest worker index not yet used. */
                 bool used[FY_SHM_MAX_OWNERS] = {false};
                 uint16_t wkr = 0;
@@ -998,8 +1019,8 @@ Test(shm, readers_in_other_processes_never_see_a_torn_slot, .timeout = 60)
                 cr_assert(fy_shm_remove_owner(&s, race_id(k), owners[k][j], gen_of[k]));
                 owners[k][j] = owners[k][--nown[k]];
             }
-            if (s.hdr->tombstones + 1 < tomb)
-                reorganised++;   /* more tombstones went than one delete frees */
+            if (atomic_load(&s.hdr->epoch) != ep)
+                reorganised++;   /* the master rebuilt the table (slots moved) */
             writes++;
         }
         for (i = 0; i < RACE_READERS; i++) {
@@ -1019,8 +1040,8 @@ Test(shm, readers_in_other_processes_never_see_a_torn_slot, .timeout = 60)
             cr_assert_fail("readers did not finish within %d ms", RACE_MS + 20000);
         }
     }
-    fprintf(stderr, "writer: %llu writes, last g %u, table reorganised %u times\n", (unsigned long long)writes, g,
-            reorganised);
+    fprintf(stderr, "writer (%u ids, %u slots): %llu writes, last g %u, table rebuilt %u times\n", nids,
+            s.hdr->capacity, (unsigned long long)writes, g, reorganised);
     for (i = 0; i < RACE_READERS; i++) {
         cr_assert(WIFEXITED(status[i]), "reader %u died (signal %d)", i, WIFSIGNALED(status[i]) ? WTERMSIG(status[i]) : 0);
         cr_assert_eq(WEXITSTATUS(status[i]), 0,
@@ -1033,4 +1054,19 @@ Test(shm, readers_in_other_processes_never_see_a_torn_slot, .timeout = 60)
     check_bookkeeping(&s);
     fy_shm_detach(&s);
     close(s.fd);
+    free(gen_of);
+    free(nown);
+    free(owners);
+}
+
+/* A small table: short chains, constant slot reuse, frequent rebuilds. */
+Test(shm, readers_in_other_processes_never_see_a_torn_slot, .timeout = 60)
+{
+    race(80, 32);
+}
+
+/* A bigger one at its limit: rebuilds long enough for readers to meet them. */
+Test(shm, readers_race_rebuilds_of_a_full_table, .timeout = 60)
+{
+    race(10000, 4096);
 }
