@@ -49,14 +49,53 @@ static void stop_listening(fy_worker_t *w)
 
 /* Drained once no end-user request is in flight and agents had their
  * GOAWAY; or at drain_timeout, whatever is left. */
+/* A worker that keeps serving (another generation's, after an upgrade), or -1. */
+static int live_worker(fy_worker_t *w)
+{
+    int k;
+    for (k = 1; k <= FY_SHM_MAX_WORKERS; k++) {
+        int i = (w->index + k) % FY_SHM_MAX_WORKERS;
+        if (i != w->index && w->mailbox_send[i] >= 0
+            && atomic_load(&fy_shm_worker(&w->shm, (unsigned)i)->state) == FY_SHM_W_UP)
+            return i;
+    }
+    return -1;
+}
+
+/*
+ * Draining: a keep-alive connection between requests goes to a worker that
+ * stays (its next request is served there), so nothing a client sends meets
+ * a closing socket. With none left (a plain shutdown) it closes at exit.
+ */
+static void hand_over_idle(fy_worker_t *w)
+{
+    fy_client_t *c, *next;
+    int target = live_worker(w);
+
+    if (target < 0)
+        return;
+    for (c = w->clients; c != NULL; c = next) {
+        next = c->next;
+        if (c->closed || c->admin || c->linger || c->state != FY_C_HEAD || c->pending > 0
+            || fy_buf_len(&c->out) > 0)
+            continue;
+        if (c->ac != NULL)
+            fy_agentconn_end_stream(c, FY_MUX_RST_DONE);
+        c->hops = 0;
+        fy_worker_handoff(w, c, target);
+    }
+}
+
 static void on_drain_timer(fy_ev_t *ev, fy_timer_t *t)
 {
     fy_worker_t *w = t->data;
     fy_client_t *c;
     bool busy = false;
 
+    hand_over_idle(w);
     for (c = w->clients; c != NULL; c = c->next)
-        if (!c->admin && (c->pending > 0 || c->state == FY_C_BODY || c->state == FY_C_TUNNEL))
+        if (!c->admin && (c->pending > 0 || c->state == FY_C_BODY || c->state == FY_C_TUNNEL
+                          || c->state == FY_C_REGISTER || c->state == FY_C_TUNNEL_WAIT || c->state == FY_C_HANDOFF))
             busy = true;
     if (!busy || fy_ev_now(ev) >= w->drain_deadline) {
         fy_log_info("worker %d drained, exiting", w->index);
