@@ -7,6 +7,8 @@
 #include "worker/worker.h"
 #include "log/log.h"
 
+#include <sodium.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -406,6 +408,12 @@ static void on_frame(fy_tun_t *t, const fy_mux_event_t *e)
             || !same_session(ac->tunnel, v, vl)) {
             fy_tun_close(t, "HELLO without the session of the upgrade");
             return;
+        }
+        if ((v = fy_mux_kv_get(e->payload, e->len, "basic_auth", &vl)) != NULL && vl > 0) {
+            /* Keep only a keyed digest of the agent's USER:PASS. */
+            crypto_generichash(ac->tunnel->basic_digest, sizeof(ac->tunnel->basic_digest), (const uint8_t *)v, vl,
+                               ac->w->digest_key, sizeof(ac->w->digest_key));
+            ac->tunnel->basic_auth = true;
         }
         send_ready(ac);
         fy_worker_wake(ac->w, ac->tunnel->id);

@@ -13,6 +13,8 @@
 #include "worker/worker.h"
 #include "log/log.h"
 
+#include <sodium.h>
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -174,7 +176,9 @@ void fy_client_error(fy_client_t *c, bool keep, int status, const char *code, co
         n = (int)sizeof(body) - 2;
     body[n++] = '\n';
     snprintf(extra, sizeof(extra), "X-Ferry-Error: %s\r\n%s", code,
-             status == 503 ? "Retry-After: 1\r\n" : "");
+             status == 503 ? "Retry-After: 1\r\n"
+             : status == 401 && !strcmp(code, "denied") ? "WWW-Authenticate: Basic realm=\"ferry\", charset=\"UTF-8\"\r\n"
+             : "");
     fy_worker_count_error(c->w, fy_error_index(code));
     if (c->pending > 0 && c->acc != NULL) {
         fy_access_log(c->w, c, &c->acc[c->acc_head], status, (uint64_t)n, code);
@@ -736,6 +740,31 @@ static bool park_for_tunnel(fy_client_t *c, const char *id)
     return true;
 }
 
+/*
+ * The tunnel's agent set --basic-auth: the request's `Authorization: Basic`
+ * must be that USER:PASS. Compared as keyed BLAKE2b digests in constant
+ * time (the relay never keeps the password).
+ */
+static bool basic_auth_ok(fy_client_t *c, const fy_h1_request_t *req, const fy_tunnel_t *t)
+{
+    const fy_h1_header_t *h = fy_h1_find(req->headers, req->nheaders, "authorization");
+    uint8_t raw[512], digest[32];
+    size_t n;
+    const char *v;
+
+    if (h == NULL || h->value_len < 7 || !fy_ieq(h->value, 6, "basic ") )
+        return false;
+    v = h->value + 6;
+    while (v < h->value + h->value_len && *v == ' ')
+        v++;
+    if (sodium_base642bin(raw, sizeof(raw), v, (size_t)(h->value + h->value_len - v), NULL, &n, NULL,
+                          sodium_base64_VARIANT_ORIGINAL) != 0)
+        return false;
+    crypto_generichash(digest, sizeof(digest), raw, n, c->w->digest_key, sizeof(c->w->digest_key));
+    sodium_memzero(raw, sizeof(raw));
+    return sodium_memcmp(digest, t->basic_digest, sizeof(digest)) == 0;
+}
+
 static bool step_head(fy_client_t *c)
 {
     fy_worker_t *w = c->w;
@@ -838,6 +867,14 @@ static bool step_head(fy_client_t *c)
         }
     }
 forward:
+    if (c->ac->tunnel->basic_auth && !basic_auth_ok(c, &req, c->ac->tunnel)) {
+        if (c->pending > 0) {
+            c->state = FY_C_WAIT;   /* answered in order, once the responses in flight are out */
+            return false;
+        }
+        request_error(c, &req, 401, "denied", "this tunnel asks for a user name and password");
+        return !c->closed && c->state == FY_C_HEAD;
+    }
     /* The rewritten head goes out whole in one DATA frame. */
     want = FY_MIN((size_t)rc + 1024 + strlen(conf->path_prefix) + 2 * FY_ADDRSTRLEN, FY_TUN_MAX_DATA);
     room = fy_tun_data_room(&c->ac->tun, &c->credit);

@@ -5,6 +5,8 @@
 #include "worker/worker.h"
 #include "log/log.h"
 
+#include <sodium.h>
+
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -410,6 +412,7 @@ int fy_worker_main(const fy_worker_setup_t *st)
     w.mailbox.cb = on_mailbox;
     w.mailbox.data = &w;
     fy_access_init(&w);
+    randombytes_buf(w.digest_key, sizeof(w.digest_key));
     w.retry_timer.cb = on_retry;
     w.retry_timer.data = &w;
     sigemptyset(&set);

@@ -66,6 +66,8 @@ struct fy_tunnel_s {
     unsigned        nconns;
     unsigned        rr;              /* round-robin cursor over conns */
     uint32_t        nstreams;
+    bool            basic_auth;      /* the agent asked end users for credentials (--basic-auth) */
+    uint8_t         basic_digest[32];/* keyed BLAKE2b of "USER:PASS"; the password itself is not kept */
     uint32_t        slot;            /* its slot in the shared table (for counters) */
     uint32_t        slot_epoch;      /* the table's epoch when slot was looked up */
 };
@@ -188,6 +190,7 @@ struct fy_worker_s {
     char            *access_buf;      /* access log lines not yet written */
     size_t           access_len;
     fy_timer_t       access_timer;
+    uint8_t          digest_key[32];  /* for keyed BLAKE2b digests of credentials (random per process) */
     fy_listener_t    listeners[FY_CONF_MAX_LISTEN + 1];
     int              nlisteners;
     fy_tunnel_t    **tunnels;         /* hash buckets */
