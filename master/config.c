@@ -6,6 +6,7 @@
  */
 #include "master/config.h"
 #include "net/net.h"
+#include "crypto/token.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -91,7 +92,7 @@ static int check_addr(loader_t *l, const yaml_node_t *n, const char *key, const 
     return FY_OK;
 }
 
-static int parse_cidr(const char *s, fy_cidr_t *c)
+int fy_cidr_parse(const char *s, fy_cidr_t *c)
 {
     char ip[64];
     const char *slash = strchr(s, '/');
@@ -169,7 +170,7 @@ static int each_trust(loader_t *l, yaml_node_t *n, const char *key, void *arg)
     FY_GUARD(want_scalar(l, n, key, &s));
     if (c->ntrust == FY_CONF_MAX_TRUST)
         return fail(l, n, key, "at most %d entries", FY_CONF_MAX_TRUST);
-    if (parse_cidr(s, &c->trust[c->ntrust]) != FY_OK)
+    if (fy_cidr_parse(s, &c->trust[c->ntrust]) != FY_OK)
         return fail(l, n, key, "\"%s\" is not an address or CIDR", s);
     c->ntrust++;
     return FY_OK;
@@ -318,6 +319,109 @@ static int path_value(loader_t *l, yaml_node_t *v, const char *key, char **dst)
     return FY_OK;
 }
 
+/* "$argon2id$v=19$m=65536,t=2,p=1$salt$hash" with capped m and t. */
+static int check_argon2id(const char *h, char *why, size_t whylen)
+{
+    unsigned long mem, passes, par;
+    if (strncmp(h, "$argon2id$v=19$", 15) != 0
+        || sscanf(h + 15, "m=%lu,t=%lu,p=%lu$", &mem, &passes, &par) != 3 || strlen(h) >= 128) {
+        snprintf(why, whylen, "not an Argon2id hash (make one with ferryd hash-password)");
+        return FY_ERR;
+    }
+    if (mem > FY_ACCESS_MAX_MEM_KIB || passes > FY_ACCESS_MAX_PASSES || par != 1) {
+        snprintf(why, whylen, "Argon2id parameters m=%lu,t=%lu,p=%lu are over the cap m<=%d,t<=%d,p=1 "
+                 "(each check would cost too much; ferryd hash-password writes m=65536,t=2)", mem, passes, par,
+                 FY_ACCESS_MAX_MEM_KIB, FY_ACCESS_MAX_PASSES);
+        return FY_ERR;
+    }
+    return FY_OK;
+}
+
+static int access_list(loader_t *l, yaml_node_t *v, const char *key, fy_access_rule_t *r, int which)
+{
+    yaml_node_item_t *it;
+    if (v->type != YAML_SEQUENCE_NODE)
+        return fail(l, v, key, "expected a list");
+    for (it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
+        yaml_node_t *n = yaml_document_get_node(l->doc, *it);
+        const char *s;
+        FY_GUARD(want_scalar(l, n, key, &s));
+        if (which == 0) {
+            const char *colon = strchr(s, ':');
+            char why[256];
+            fy_access_user_t *u;
+            if (r->nusers == FY_ACCESS_MAX_USERS)
+                return fail(l, n, key, "at most %d users a rule", FY_ACCESS_MAX_USERS);
+            if (colon == NULL || colon == s || (size_t)(colon - s) >= sizeof(u->user))
+                return fail(l, n, key, "expected \"user:$argon2id$...\"");
+            if (check_argon2id(colon + 1, why, sizeof(why)) != FY_OK)
+                return fail(l, n, key, "%s", why);
+            u = &r->users[r->nusers++];
+            memcpy(u->user, s, (size_t)(colon - s));
+            u->user[colon - s] = '\0';
+            snprintf(u->hash, sizeof(u->hash), "%s", colon + 1);
+        } else {
+            fy_cidr_t *list = which == 1 ? r->allow : r->deny;
+            int *cnt = which == 1 ? &r->nallow : &r->ndeny;
+            if (*cnt == FY_ACCESS_MAX_CIDRS)
+                return fail(l, n, key, "at most %d entries", FY_ACCESS_MAX_CIDRS);
+            if (fy_cidr_parse(s, &list[*cnt]) != FY_OK)
+                return fail(l, n, key, "\"%s\" is not an address or CIDR", s);
+            (*cnt)++;
+        }
+    }
+    return FY_OK;
+}
+
+static int load_access(loader_t *l, fy_conf_t *c, yaml_node_t *v)
+{
+    yaml_node_item_t *it;
+
+    if (v->type != YAML_SEQUENCE_NODE)
+        return fail(l, v, "access", "expected a list of rules");
+    free(c->access);
+    c->naccess = 0;
+    if ((c->access = calloc(FY_ACCESS_MAX_RULES, sizeof(*c->access))) == NULL)
+        return fail(l, v, "access", "out of memory");
+    for (it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
+        yaml_node_t *rule = yaml_document_get_node(l->doc, *it);
+        yaml_node_pair_t *p;
+        fy_access_rule_t *r;
+        bool have_pattern = false;
+
+        if (c->naccess == FY_ACCESS_MAX_RULES)
+            return fail(l, rule, "access", "at most %d rules", FY_ACCESS_MAX_RULES);
+        if (rule->type != YAML_MAPPING_NODE)
+            return fail(l, rule, "access", "each rule is a mapping: {tunnels, basic_auth, allow, deny}");
+        r = &c->access[c->naccess++];
+        for (p = rule->data.mapping.pairs.start; p < rule->data.mapping.pairs.top; p++) {
+            yaml_node_t *k = yaml_document_get_node(l->doc, p->key);
+            yaml_node_t *val = yaml_document_get_node(l->doc, p->value);
+            const char *ks = scalar(k), *s;
+            if (ks == NULL)
+                return fail(l, k, "access", "keys must be plain words");
+            if (!strcmp(ks, "tunnels")) {
+                FY_GUARD(want_scalar(l, val, "access.tunnels", &s));
+                if (strlen(s) >= sizeof(r->pattern) || !fy_token_pattern_valid(s, strlen(s)))
+                    return fail(l, val, "access.tunnels", "\"%s\" is not a tunnel id or a pattern with *", s);
+                snprintf(r->pattern, sizeof(r->pattern), "%s", s);
+                have_pattern = true;
+            } else if (!strcmp(ks, "basic_auth")) {
+                FY_GUARD(access_list(l, val, "access.basic_auth", r, 0));
+            } else if (!strcmp(ks, "allow")) {
+                FY_GUARD(access_list(l, val, "access.allow", r, 1));
+            } else if (!strcmp(ks, "deny")) {
+                FY_GUARD(access_list(l, val, "access.deny", r, 2));
+            } else {
+                return fail(l, k, ks, "unknown key in an access rule (tunnels, basic_auth, allow, deny)");
+            }
+        }
+        if (!have_pattern)
+            return fail(l, rule, "access", "a rule needs tunnels: (an id or a pattern)");
+    }
+    return FY_OK;
+}
+
 static int top_key(loader_t *l, fy_conf_t *c, const char *k, yaml_node_t *v)
 {
     const char *s;
@@ -384,6 +488,8 @@ static int top_key(loader_t *l, fy_conf_t *c, const char *k, yaml_node_t *v)
         c->ntrust = 0;
         return load_list(l, v, "trust_forwarded_from", each_trust, c);
     }
+    if (!strcmp(k, "access"))
+        return load_access(l, c, v);
     if (!strcmp(k, "limits"))
         return walk_map(l, c, v, "limits", limits_key);
     if (!strcmp(k, "auth"))
@@ -391,7 +497,7 @@ static int top_key(loader_t *l, fy_conf_t *c, const char *k, yaml_node_t *v)
     if (!strcmp(k, "log"))
         return walk_map(l, c, v, "log", log_key);
     if (!strcmp(k, "listen_tls") || !strcmp(k, "tls") || !strcmp(k, "agents_require_tls")
-        || !strcmp(k, "access") || !strcmp(k, "cluster"))
+        || !strcmp(k, "cluster"))
         return fail(l, v, k, "not implemented yet in ferryd %s (see README, \"What works\")", FY_VERSION);
     return fail(l, v, k, "unknown key");
 }
@@ -527,10 +633,16 @@ void fy_config_free(fy_conf_t *c)
     free(c->auth_tokens);
     free(c->auth_revoked);
     free(c->log_file);
+    free(c->access);
     free(c);
 }
 
 bool fy_config_trusted(const fy_conf_t *c, const struct sockaddr *sa)
+{
+    return fy_cidr_match(c->trust, c->ntrust, sa);
+}
+
+bool fy_cidr_match(const fy_cidr_t *list, int n, const struct sockaddr *sa)
 {
     const uint8_t *a;
     int fam, i;
@@ -544,8 +656,8 @@ bool fy_config_trusted(const fy_conf_t *c, const struct sockaddr *sa)
     } else {
         return false;
     }
-    for (i = 0; i < c->ntrust; i++) {
-        const fy_cidr_t *r = &c->trust[i];
+    for (i = 0; i < n; i++) {
+        const fy_cidr_t *r = &list[i];
         int full = r->bits / 8, rem = r->bits % 8;
         if (r->family != fam || memcmp(a, r->addr, (size_t)full) != 0)
             continue;

@@ -30,6 +30,31 @@ typedef struct fy_conf_token_s {
     char    tunnels[FY_TOKEN_PATTERN_MAX + 1];   /* an id or a glob with * */
 } fy_conf_token_t;
 
+/* access: one rule for the tunnels its pattern names (the first that matches). */
+#define FY_ACCESS_MAX_USERS 64
+#define FY_ACCESS_MAX_CIDRS 64
+typedef struct fy_access_user_s {
+    char user[64];
+    char hash[128];            /* $argon2id$..., parameters capped at load */
+} fy_access_user_t;
+
+typedef struct fy_access_rule_s {
+    char             pattern[128];
+    fy_access_user_t users[FY_ACCESS_MAX_USERS];
+    int              nusers;
+    fy_cidr_t        allow[FY_ACCESS_MAX_CIDRS];
+    int              nallow;
+    fy_cidr_t        deny[FY_ACCESS_MAX_CIDRS];
+    int              ndeny;
+} fy_access_rule_t;
+
+#define FY_ACCESS_MAX_RULES 64
+/* Argon2id parameters the config accepts: libsodium's INTERACTIVE (64 MiB,
+ * 2 passes) and at most twice the passes. A verify never runs on a worker's
+ * loop, but it must stay bounded. */
+#define FY_ACCESS_MAX_MEM_KIB 65536
+#define FY_ACCESS_MAX_PASSES 4
+
 typedef struct fy_conf_s {
     char       *listen[FY_CONF_MAX_LISTEN];
     int         nlisten;
@@ -48,6 +73,8 @@ typedef struct fy_conf_s {
     int         auth_ntokens;
     char       *auth_revoked;    /* auth.revoked: file of revoked token ids */
     struct fy_auth_s *auth;       /* loaded by the master from the above (worker/auth.h) */
+    fy_access_rule_t *access;     /* access: rules (owned), naccess of them */
+    int         naccess;
     fy_cidr_t   trust[FY_CONF_MAX_TRUST];
     int         ntrust;
     char       *log_file;
@@ -80,5 +107,8 @@ void fy_config_free(fy_conf_t *c);
 
 /* True if addr (AF_INET/AF_INET6 sockaddr) is inside one of the CIDRs. */
 bool fy_config_trusted(const fy_conf_t *c, const struct sockaddr *addr);
+bool fy_cidr_match(const fy_cidr_t *list, int n, const struct sockaddr *addr);
+/* Parse "1.2.3.4", "::1", "10.0.0.0/8". FY_OK or FY_ERR. */
+int fy_cidr_parse(const char *s, fy_cidr_t *c) FY_MUST_USE;
 
 #endif

@@ -438,6 +438,19 @@ static void reload(master_t *m)
     fy_log_info("reload: %s applied (%d listeners)", m->conf_path, m->nfds);
 }
 
+/* Stopping: the master's copies of the public listen sockets go, so that
+ * once the workers close theirs the kernel refuses new connections. */
+static void close_public_listeners(master_t *m)
+{
+    int i;
+    for (i = 0; i < m->nfds; i++) {
+        if (!m->admin[i] && m->fds[i] >= 0) {
+            close(m->fds[i]);
+            m->fds[i] = -1;
+        }
+    }
+}
+
 static void on_signal(fy_ev_t *ev, fy_io_t *io, uint32_t events)
 {
     master_t *m = io->data;
@@ -454,14 +467,15 @@ static void on_signal(fy_ev_t *ev, fy_io_t *io, uint32_t events)
             fy_log_info("%s: %s shutdown", strsignal((int)si.ssi_signo),
                         si.ssi_signo == SIGQUIT ? "graceful" : "fast");
             m->stopping = true;
+            close_public_listeners(m);
             if (any_worker(m))
                 signal_workers(m, si.ssi_signo == SIGQUIT ? SIGQUIT : SIGTERM);
             else
                 fy_ev_stop(ev);
             break;
         case SIGHUP:
-            if (m->winched)
-                fy_log_warn("SIGHUP: this master's workers left after WINCH; reload the new master");
+            if (m->winched || m->stopping)
+                fy_log_warn("SIGHUP: this master is finishing; reload the new master");
             else
                 reload(m);
             break;

@@ -60,6 +60,7 @@ static fy_client_t *client_new(fy_worker_t *w, int fd, int port, bool admin, con
     c->port = port;
     c->peer = *peer;
     c->handoff_to = -1;
+    c->serial = ++w->client_serial;
     fy_net_format_ip((const struct sockaddr *)peer, c->peer_ip);
     fy_net_format((const struct sockaddr *)peer, c->peer_addr);
     c->last_active = fy_ev_now(w->ev);
@@ -178,6 +179,7 @@ void fy_client_error(fy_client_t *c, bool keep, int status, const char *code, co
     snprintf(extra, sizeof(extra), "X-Ferry-Error: %s\r\n%s", code,
              status == 503 ? "Retry-After: 1\r\n"
              : status == 401 && !strcmp(code, "denied") ? "WWW-Authenticate: Basic realm=\"ferry\", charset=\"UTF-8\"\r\n"
+             : status == 405 ? "Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
              : "");
     fy_worker_count_error(c->w, fy_error_index(code));
     if (c->pending > 0 && c->acc != NULL) {
@@ -186,7 +188,7 @@ void fy_client_error(fy_client_t *c, bool keep, int status, const char *code, co
         fy_access_t a;
         memset(&a, 0, sizeof(a));
         if (c->err_req != NULL)
-            fy_access_note(&a, fy_ev_now(c->w->ev), c->err_req, NULL, c->hops > 0);
+            fy_access_note(&a, fy_ev_now(c->w->ev), c->err_req, c->err_tunnel, c->hops > 0);
         else
             a.start = fy_ev_now(c->w->ev), a.method[0] = '-', a.method_len = 1, a.path[0] = '-', a.path_len = 1;
         fy_access_log(c->w, c, &a, status, (uint64_t)n, code);
@@ -200,14 +202,16 @@ void fy_client_error(fy_client_t *c, bool keep, int status, const char *code, co
  * close (as nginx does for a 404), else it closes after the answer.
  */
 static void request_error(fy_client_t *c, const fy_h1_request_t *req, int status, const char *code,
-                          const char *msg)
+                          const char *msg, const char *tunnel)
 {
     bool keep = !(req->flags & FY_H1_F_CLOSE)
         && (req->body == FY_H1_BODY_NONE || (req->body == FY_H1_BODY_LENGTH && req->content_length == 0));
     c->wait_until = 0;   /* the next request waits for its own tunnel afresh */
     c->err_req = req;
+    c->err_tunnel = tunnel;
     fy_client_error(c, keep, status, code, "%s", msg);
     c->err_req = NULL;
+    c->err_tunnel = NULL;
     if (keep && !c->closed) {
         fy_buf_consume(&c->in, req->head_len);
         c->head_started = 0;
@@ -236,7 +240,8 @@ void fy_client_close(fy_client_t *c)
     c->closed = true;
     if (c->ac != NULL)
         fy_agentconn_end_stream(c, FY_MUX_RST_CANCEL);
-    if (c->state == FY_C_REGISTER || c->state == FY_C_TUNNEL_WAIT || c->state == FY_C_HANDOFF)
+    if (c->state == FY_C_REGISTER || c->state == FY_C_TUNNEL_WAIT || c->state == FY_C_HANDOFF
+        || c->state == FY_C_VERIFY)
         c->w->nparked--;
     if (c->reg != NULL)
         fy_agentconn_unreserve(c->w);
@@ -828,7 +833,7 @@ static bool step_head(fy_client_t *c)
         return false;   /* c may be gone: it became an agent connection */
     }
     if (fy_route_resolve(w, &req, id, &via) != FY_OK) {
-        request_error(c, &req, 404, "no_tunnel", "no tunnel named in this request");
+        request_error(c, &req, 404, "no_tunnel", "no tunnel named in this request", NULL);
         return !c->closed && c->state == FY_C_HEAD;
     }
     if (c->ac != NULL && (c->fin_rx || c->ac->draining || strcmp(id, c->tunnel_id) != 0))
@@ -851,7 +856,7 @@ static bool step_head(fy_client_t *c)
                 return false;
             char msg[128];
             snprintf(msg, sizeof(msg), "tunnel \"%s\" is not connected", id);
-            request_error(c, &req, 404, "tunnel_offline", msg);
+            request_error(c, &req, 404, "tunnel_offline", msg, id);
             return !c->closed && c->state == FY_C_HEAD;
         }
         c->wait_until = 0;
@@ -867,12 +872,35 @@ static bool step_head(fy_client_t *c)
         }
     }
 forward:
+    if (w->conf->naccess > 0 && fy_acl_applies(w->conf, id)) {
+        if (c->pending > 0) {
+            c->state = FY_C_WAIT;   /* protected: judged one request at a time */
+            return false;
+        }
+        switch (fy_acl_check(c, &req, id)) {
+        case FY_ACL_OK:
+            break;
+        case FY_ACL_PENDING:
+            c->state = FY_C_VERIFY;
+            w->nparked++;
+            return false;
+        case FY_ACL_DENY:
+            request_error(c, &req, 403, "denied", "access to this tunnel is not allowed from your address", id);
+            return !c->closed && c->state == FY_C_HEAD;
+        case FY_ACL_AUTH:
+            request_error(c, &req, 401, "denied", "this tunnel asks for a user name and password", id);
+            return !c->closed && c->state == FY_C_HEAD;
+        default:
+            request_error(c, &req, 503, "busy", "too many credential checks at once; try again", id);
+            return !c->closed && c->state == FY_C_HEAD;
+        }
+    }
     if (c->ac->tunnel->basic_auth && !basic_auth_ok(c, &req, c->ac->tunnel)) {
         if (c->pending > 0) {
             c->state = FY_C_WAIT;   /* answered in order, once the responses in flight are out */
             return false;
         }
-        request_error(c, &req, 401, "denied", "this tunnel asks for a user name and password");
+        request_error(c, &req, 401, "denied", "this tunnel asks for a user name and password", id);
         return !c->closed && c->state == FY_C_HEAD;
     }
     /* The rewritten head goes out whole in one DATA frame. */
@@ -906,7 +934,10 @@ forward:
         c->upgrade_bits |= 1ull << c->pending;
     if (req.method_len == 4 && memcmp(req.method, "HEAD", 4) == 0)
         c->head_bits |= 1ull << c->pending;
-    if (c->pending++ == 0)
+    /* upstream_timeout runs from the whole request being sent: a request
+     * with a body starts it when the body is done (step_forward). */
+    if (c->pending++ == 0 && !(req.body == FY_H1_BODY_CHUNKED
+                               || (req.body == FY_H1_BODY_LENGTH && req.content_length > 0)))
         c->waiting_since = fy_ev_now(w->ev);
     fy_worker_count(w, c->ac->tunnel, 1, (uint64_t)hl, 0);
     if (req.flags & FY_H1_F_CLOSE)
@@ -967,8 +998,11 @@ static bool step_forward(fy_client_t *c)
     }
     fy_buf_consume(&c->in, n);
     fy_worker_count(c->w, c->ac->tunnel, 0, n, 0);
-    if (done)
+    if (done) {
         c->state = c->close_after ? FY_C_DONE : FY_C_HEAD;
+        if (c->waiting_since == 0 && c->pending > 0 && !c->resp_started)
+            c->waiting_since = fy_ev_now(c->w->ev);
+    }
     return n > 0 || done;
 }
 
@@ -1045,14 +1079,15 @@ static void arm_timer(fy_client_t *c)
 
     if (c->linger)
         d = c->last_active + LINGER_MS;
-    else if (c->state == FY_C_REGISTER || c->state == FY_C_TUNNEL_WAIT || c->state == FY_C_HANDOFF)
+    else if (c->state == FY_C_REGISTER || c->state == FY_C_TUNNEL_WAIT || c->state == FY_C_HANDOFF
+             || c->state == FY_C_VERIFY)
         d = c->last_active + conf->limits.idle_timeout;   /* the worker's retry timer handles them */
+    else if (c->state == FY_C_BODY)
+        d = c->last_active + conf->limits.body_timeout;
     else if (c->waiting_since != 0)
         d = c->waiting_since + conf->limits.upstream_timeout;
     else if (c->state == FY_C_HEAD && c->head_started != 0 && c->pending == 0)
         d = c->head_started + conf->limits.header_timeout;
-    else if (c->state == FY_C_BODY)
-        d = c->last_active + conf->limits.body_timeout;
     else
         d = c->last_active + conf->limits.idle_timeout;
     if (!fy_timer_armed(&c->timer) || c->timer.deadline != d)
@@ -1086,6 +1121,13 @@ static void on_timer(fy_ev_t *ev, fy_timer_t *t)
         fy_client_close(c);
         return;
     }
+    if (c->state == FY_C_BODY && now >= c->last_active + conf->limits.body_timeout) {
+        fy_agentconn_end_stream(c, FY_MUX_RST_CANCEL);
+        c->pending = 0;
+        fy_client_error(c, false, 408, "body_timeout", "no request body byte within %llu ms",
+                        (unsigned long long)conf->limits.body_timeout);
+        return;
+    }
     if (c->waiting_since != 0 && now >= c->waiting_since + conf->limits.upstream_timeout) {
         if (!c->resp_started && c->out_unscanned == 0) {
             fy_agentconn_end_stream(c, FY_MUX_RST_TIMEOUT);
@@ -1103,13 +1145,6 @@ static void on_timer(fy_ev_t *ev, fy_timer_t *t)
                             (unsigned long long)conf->limits.header_timeout);
         else
             fy_client_close(c);   /* an idle connection: nothing to answer */
-        return;
-    }
-    if (c->state == FY_C_BODY && now >= c->last_active + conf->limits.body_timeout) {
-        fy_agentconn_end_stream(c, FY_MUX_RST_CANCEL);
-        c->pending = 0;
-        fy_client_error(c, false, 408, "body_timeout", "no request body byte within %llu ms",
-                        (unsigned long long)conf->limits.body_timeout);
         return;
     }
     if (now >= c->last_active + conf->limits.idle_timeout) {
@@ -1155,8 +1190,11 @@ static bool read_direct(fy_client_t *c)
     fy_tun_data_commit(&c->ac->tun, c->sid, &c->credit, (size_t)n);
     fy_worker_count(c->w, c->ac->tunnel, 0, (uint64_t)n, 0);
     c->last_active = fy_ev_now(c->w->ev);
-    if (c->state == FY_C_BODY && (c->body_left -= (uint64_t)n) == 0)
+    if (c->state == FY_C_BODY && (c->body_left -= (uint64_t)n) == 0) {
         c->state = c->close_after ? FY_C_DONE : FY_C_HEAD;
+        if (c->waiting_since == 0 && c->pending > 0 && !c->resp_started)
+            c->waiting_since = c->last_active;
+    }
     return true;
 }
 

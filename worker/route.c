@@ -159,14 +159,19 @@ static void put_header(out_t *o, const char *name, const char *v, size_t vl)
 
 /*
  * True when a Connection header of req names h (then h is meant for this
- * hop only and is dropped), except Upgrade, which an upgrade carries on.
+ * hop only and is dropped), except Upgrade, which an upgrade carries on,
+ * and the framing and routing fields, which the relay has already acted on.
  */
 static bool nominated(const fy_h1_request_t *req, const fy_h1_header_t *h)
 {
     char name[128];
     size_t i, k;
 
-    if (h->name_len >= sizeof(name) || fy_ieq(h->name, h->name_len, "upgrade"))
+    /* Never the fields that frame or route the message: dropping them would
+     * let a client smuggle its body past the relay as a request. */
+    if (h->name_len >= sizeof(name) || fy_ieq(h->name, h->name_len, "upgrade")
+        || fy_ieq(h->name, h->name_len, "host") || fy_ieq(h->name, h->name_len, "content-length")
+        || fy_ieq(h->name, h->name_len, "transfer-encoding"))
         return false;
     for (k = 0; k < h->name_len; k++)
         name[k] = h->name[k];

@@ -39,18 +39,23 @@ static void on_accept(fy_ev_t *ev, fy_io_t *io, uint32_t events)
     }
 }
 
+/* Draining: close the listen sockets (the admin one answers "draining"
+ * until the end). Once every process has closed them, the kernel refuses
+ * new connections instead of queueing them for nobody; during an upgrade
+ * the new generation still holds them and takes the new connections. */
 static void stop_listening(fy_worker_t *w)
 {
     int i;
     for (i = 0; i < w->nlisteners; i++) {
-        if (w->listeners[i].admin)
-            continue;   /* /health keeps answering "draining" */
-        fy_io_del(w->ev, &w->listeners[i].io);
+        fy_listener_t *l = &w->listeners[i];
+        if (l->admin || l->io.fd < 0)
+            continue;
+        fy_io_del(w->ev, &l->io);
+        close(l->io.fd);
+        l->io.fd = -1;
     }
 }
 
-/* Drained once no end-user request is in flight and agents had their
- * GOAWAY; or at drain_timeout, whatever is left. */
 /* A worker that keeps serving (another generation's, after an upgrade), or -1. */
 static int live_worker(fy_worker_t *w)
 {
@@ -188,6 +193,8 @@ static void reload(fy_worker_t *w, const fy_ctl_msg_t *m, int *fds, int nfds)
     }
     close(fds[0]);
     for (i = 0; i < w->nlisteners; i++) {
+        if (w->listeners[i].io.fd < 0)
+            continue;
         fy_io_del(w->ev, &w->listeners[i].io);
         close(w->listeners[i].io.fd);
     }
@@ -450,6 +457,7 @@ int fy_worker_main(const fy_worker_setup_t *st)
     atomic_store(&w.rec->state, FY_SHM_W_UP);
     fy_log_info("worker %d started", w.index);
     fy_ev_run(w.ev);
+    fy_acl_stop(&w);
     fy_access_flush(&w);
     atomic_store(&w.rec->state, FY_SHM_W_DOWN);
     return 0;

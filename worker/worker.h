@@ -46,6 +46,7 @@ typedef struct fy_worker_s fy_worker_t;
 typedef struct fy_tunnel_s fy_tunnel_t;
 typedef struct fy_agentconn_s fy_agentconn_t;
 typedef struct fy_client_s fy_client_t;
+typedef struct fy_acl_s fy_acl_t;
 typedef struct fy_listener_s fy_listener_t;
 
 struct fy_listener_s {
@@ -99,6 +100,7 @@ enum fy_client_state {
     FY_C_REGISTER,    /* agent upgrade: waiting for the master to register the tunnel */
     FY_C_TUNNEL_WAIT, /* the named tunnel is not connected: waiting up to tunnel_wait */
     FY_C_HANDOFF,     /* the owner's mailbox was full: retrying the handoff */
+    FY_C_VERIFY,      /* basic auth credentials are being checked off the loop (acl.c) */
 };
 
 /* What an agent upgrade needs once the master has answered. */
@@ -121,6 +123,8 @@ struct fy_client_s {
     fy_timer_t       timer;
     fy_task_t        free_task;
     fy_worker_t     *w;
+    uint64_t         serial;          /* unique in the worker: names it to the verifier thread */
+    int              verified;        /* result of the credential check for the head in `in`: 0 none, 1 ok, 2 no */
     fy_client_t     *next, *prev;     /* worker's list */
     bool             closed;
     bool             admin;
@@ -168,6 +172,7 @@ struct fy_client_s {
     unsigned         acc_head;        /* index of the oldest pending request */
     uint64_t         resp_bytes;      /* bytes of the current response so far */
     const fy_h1_request_t *err_req;   /* while answering an error for a parsed request */
+    const char      *err_tunnel;      /* and the tunnel it named, if any */
     int              resp_status;
 };
 
@@ -191,6 +196,8 @@ struct fy_worker_s {
     size_t           access_len;
     fy_timer_t       access_timer;
     uint8_t          digest_key[32];  /* for keyed BLAKE2b digests of credentials (random per process) */
+    fy_acl_t        *acl;             /* the access rules' verifier */
+    uint64_t         client_serial;
     fy_listener_t    listeners[FY_CONF_MAX_LISTEN + 1];
     int              nlisteners;
     fy_tunnel_t    **tunnels;         /* hash buckets */
@@ -321,6 +328,15 @@ void fy_access_note(fy_access_t *a, uint64_t now, const fy_h1_request_t *req, co
 void fy_access_log(fy_worker_t *w, const fy_client_t *c, const fy_access_t *a, int status, uint64_t bytes,
                    const char *err_code);
 void fy_access_flush(fy_worker_t *w);
+
+/* acl.c: access rules (SPEC.md access:) */
+enum { FY_ACL_OK = 0, FY_ACL_DENY, FY_ACL_AUTH, FY_ACL_PENDING, FY_ACL_BUSY };
+int fy_acl_start(fy_worker_t *w) FY_MUST_USE;
+void fy_acl_stop(fy_worker_t *w);
+bool fy_acl_applies(const fy_conf_t *conf, const char *id);
+/* Judge a request for tunnel id: FY_ACL_PENDING parks it until the
+ * verifier answers (then it is judged again with the answer). */
+int fy_acl_check(fy_client_t *c, const fy_h1_request_t *req, const char *id);
 
 /* admin.c */
 void fy_admin_request(fy_client_t *c, const fy_h1_request_t *req);
