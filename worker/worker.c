@@ -32,10 +32,19 @@ static void on_accept(fy_ev_t *ev, fy_io_t *io, uint32_t events)
                 continue;
             if (errno != EAGAIN)
                 fy_log(FY_LOG_WARN, errno, "accept");
-            return;
+            break;
         }
         fy_net_nodelay(fd);
         fy_client_accept(l->w, l, fd, &ss);
+    }
+    /* EPOLLEXCLUSIVE wakes the first waiter in the socket's queue, which
+     * would be this worker again and again: going to the back of the queue
+     * lets the workers (and, during an upgrade, both generations) take
+     * turns. */
+    if (l->w->nworkers > 1 || l->w->base > 0) {
+        fy_io_del(ev, io);
+        if (fy_io_set(ev, io, EPOLLIN | EPOLLEXCLUSIVE) != FY_OK)
+            fy_log(FY_LOG_ERR, errno, "worker %d: listener", l->w->index);
     }
 }
 
