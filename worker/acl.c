@@ -118,6 +118,7 @@ static void on_results(fy_ev_t *ev, fy_io_t *io, uint32_t events)
         for (c = a->w->clients; c != NULL; c = c->next) {
             if (c->serial == r.serial && c->state == FY_C_VERIFY) {
                 c->verified = r.ok ? 1 : 2;
+                memcpy(c->verified_key, r.key, sizeof(c->verified_key));
                 c->state = FY_C_HEAD;
                 a->w->nparked--;
                 fy_client_resume(c);
@@ -173,30 +174,30 @@ void fy_acl_stop(fy_worker_t *w)
 
 /* The address the rules judge: the peer, or, when the peer is a trusted
  * load balancer, the nearest address in X-Forwarded-For it did not add. */
-static void client_addr(const fy_client_t *c, const fy_h1_request_t *req, struct sockaddr_storage *out)
+/* Judge one X-Forwarded-For line right to left. Returns true when the
+ * walk must go on to the line before (every address so far trusted). */
+static bool walk_xff(const fy_conf_t *conf, const fy_h1_header_t *h, struct sockaddr_storage *out)
 {
-    const fy_conf_t *conf = c->w->conf;
-    const fy_h1_header_t *h;
-    const char *p, *end;
+    const char *p, *end = h->value + h->value_len;
 
-    *out = c->peer;
-    if (!fy_config_trusted(conf, (const struct sockaddr *)&c->peer)
-        || (h = fy_h1_find(req->headers, req->nheaders, "x-forwarded-for")) == NULL)
-        return;
-    end = h->value + h->value_len;
     while (end > h->value) {
         char ip[64];
         struct sockaddr_storage ss;
         size_t n;
         for (p = end; p > h->value && p[-1] != ','; p--)
             ;
-        while (p < end && *p == ' ')
+        while (p < end && (*p == ' ' || *p == '\t'))
             p++;
         n = (size_t)(end - p);
-        while (n > 0 && p[n - 1] == ' ')
+        while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
             n--;
-        if (n == 0 || n >= sizeof(ip))
-            return;
+        end = p > h->value ? p - 1 : p;
+        while (end > h->value && end[-1] == ',')
+            end--;
+        if (n == 0)
+            continue;   /* an empty list element */
+        if (n >= sizeof(ip))
+            return false;
         memcpy(ip, p, n);
         ip[n] = '\0';
         memset(&ss, 0, sizeof(ss));
@@ -205,13 +206,29 @@ static void client_addr(const fy_client_t *c, const fy_h1_request_t *req, struct
         else if (inet_pton(AF_INET6, ip, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1)
             ss.ss_family = AF_INET6;
         else
-            return;   /* garbage: judge the peer itself */
+            return false;   /* garbage: keep what was judged so far */
         *out = ss;
         if (!fy_config_trusted(conf, (const struct sockaddr *)&ss))
+            return false;
+    }
+    return true;
+}
+
+/* The address the rules judge: the peer, or, when the peer is a trusted
+ * load balancer, the nearest address in X-Forwarded-For (all its lines, as
+ * one list, RFC 9110 §5.3) that a trusted proxy did not add. */
+static void client_addr(const fy_client_t *c, const fy_h1_request_t *req, struct sockaddr_storage *out)
+{
+    const fy_conf_t *conf = c->w->conf;
+    size_t i;
+
+    *out = c->peer;
+    if (!fy_config_trusted(conf, (const struct sockaddr *)&c->peer))
+        return;
+    for (i = req->nheaders; i-- > 0;) {
+        const fy_h1_header_t *h = &req->headers[i];
+        if (fy_ieq(h->name, h->name_len, "x-forwarded-for") && !walk_xff(conf, h, out))
             return;
-        end = p > h->value ? p - 1 : p;
-        while (end > h->value && end[-1] == ',')
-            end--;
     }
 }
 
@@ -245,6 +262,11 @@ int fy_acl_check(fy_client_t *c, const fy_h1_request_t *req, const char *id)
             r = &conf->access[i];
     verdict = c->verified;
     c->verified = 0;
+    if (c->prejudged) {
+        /* The worker that handed this request over judged it already. */
+        c->prejudged = false;
+        return FY_ACL_OK;
+    }
     if (r == NULL)
         return FY_ACL_OK;
     /* The verifier starts with the first rule that needs it. */
@@ -278,7 +300,9 @@ int fy_acl_check(fy_client_t *c, const fy_h1_request_t *req, const char *id)
     crypto_generichash_update(&st, (const uint8_t *)raw, n);
     crypto_generichash_update(&st, (const uint8_t *)(hash ? hash : "-"), hash ? strlen(hash) : 1);
     crypto_generichash_final(&st, key, sizeof(key));
-    if (verdict != 0) {
+    /* An answer counts only for the very credentials and hash it was
+     * asked about (a later request of the connection must not inherit it). */
+    if (verdict != 0 && sodium_memcmp(c->verified_key, key, sizeof(key)) == 0) {
         sodium_memzero(raw, sizeof(raw));
         return verdict == 1 && hash != NULL ? FY_ACL_OK : FY_ACL_AUTH;
     }

@@ -79,12 +79,13 @@ void fy_chan_close(fy_chan_t *ch);
 
 /* Handoff message header. */
 #define FY_HANDOFF_MAGIC 0x48414e44u  /* "HAND" */
+#define FY_HANDOFF_F_JUDGED 1u        /* the first request passed the access rules */
 typedef struct fy_handoff_hdr_s {
     uint32_t                magic;
     uint16_t                hops;     /* handoffs so far: a connection moves at most twice */
     uint16_t                port;     /* the listener it came in on */
     uint32_t                len;      /* bytes already read, following this header */
-    uint32_t                pad;
+    uint32_t                flags;    /* FY_HANDOFF_F_* */
     struct sockaddr_storage peer;
 } fy_handoff_hdr_t;
 

@@ -88,6 +88,7 @@ void fy_client_adopt(fy_worker_t *w, int fd, const fy_handoff_hdr_t *h, const ui
     if (c == NULL)
         return;
     c->hops = h->hops;
+    c->prejudged = (h->flags & FY_HANDOFF_F_JUDGED) != 0;
     if (fy_buf_append(&c->in, bytes, h->len, in_max(c)) != FY_OK) {
         fy_client_error(c, false, 431, "header_too_large", "the request head is too large");
         return;
@@ -799,7 +800,8 @@ static bool step_head(fy_client_t *c)
         if (c->pending > 0) {
             if (rc >= 0 && !c->admin && c->ac != NULL && !c->fin_rx
                 && fy_route_resolve(w, &req, id, &via) == FY_OK && strcmp(id, c->tunnel_id) == 0
-                && !agent_path(w, &req, &aid, &aidl))
+                && !agent_path(w, &req, &aid, &aidl)
+                && !(w->conf->naccess > 0 && fy_acl_applies(w->conf, id)))
                 goto forward;
             c->state = FY_C_WAIT;
             return false;
@@ -835,6 +837,33 @@ static bool step_head(fy_client_t *c)
     if (fy_route_resolve(w, &req, id, &via) != FY_OK) {
         request_error(c, &req, 404, "no_tunnel", "no tunnel named in this request", NULL);
         return !c->closed && c->state == FY_C_HEAD;
+    }
+    /* Access rules first: a refused request opens no stream and no
+     * connection to the agent's service, and tells nothing of the tunnel. */
+    c->judged_ok = false;
+    if (w->conf->naccess > 0 && fy_acl_applies(w->conf, id)) {
+        if (c->pending > 0) {
+            c->state = FY_C_WAIT;   /* protected: judged one request at a time */
+            return false;
+        }
+        switch (fy_acl_check(c, &req, id)) {
+        case FY_ACL_OK:
+            c->judged_ok = true;   /* a handoff tells the owner */
+            break;
+        case FY_ACL_PENDING:
+            c->state = FY_C_VERIFY;
+            w->nparked++;
+            return false;
+        case FY_ACL_DENY:
+            request_error(c, &req, 403, "denied", "access to this tunnel is not allowed from your address", id);
+            return !c->closed && c->state == FY_C_HEAD;
+        case FY_ACL_AUTH:
+            request_error(c, &req, 401, "denied", "this tunnel asks for a user name and password", id);
+            return !c->closed && c->state == FY_C_HEAD;
+        default:
+            request_error(c, &req, 503, "busy", "too many credential checks at once; try again", id);
+            return !c->closed && c->state == FY_C_HEAD;
+        }
     }
     if (c->ac != NULL && (c->fin_rx || c->ac->draining || strcmp(id, c->tunnel_id) != 0))
         fy_agentconn_end_stream(c, FY_MUX_RST_DONE);
@@ -872,29 +901,6 @@ static bool step_head(fy_client_t *c)
         }
     }
 forward:
-    if (w->conf->naccess > 0 && fy_acl_applies(w->conf, id)) {
-        if (c->pending > 0) {
-            c->state = FY_C_WAIT;   /* protected: judged one request at a time */
-            return false;
-        }
-        switch (fy_acl_check(c, &req, id)) {
-        case FY_ACL_OK:
-            break;
-        case FY_ACL_PENDING:
-            c->state = FY_C_VERIFY;
-            w->nparked++;
-            return false;
-        case FY_ACL_DENY:
-            request_error(c, &req, 403, "denied", "access to this tunnel is not allowed from your address", id);
-            return !c->closed && c->state == FY_C_HEAD;
-        case FY_ACL_AUTH:
-            request_error(c, &req, 401, "denied", "this tunnel asks for a user name and password", id);
-            return !c->closed && c->state == FY_C_HEAD;
-        default:
-            request_error(c, &req, 503, "busy", "too many credential checks at once; try again", id);
-            return !c->closed && c->state == FY_C_HEAD;
-        }
-    }
     if (c->ac->tunnel->basic_auth && !basic_auth_ok(c, &req, c->ac->tunnel)) {
         if (c->pending > 0) {
             c->state = FY_C_WAIT;   /* answered in order, once the responses in flight are out */
@@ -921,6 +927,7 @@ forward:
     }
     fy_tun_data_commit(&c->ac->tun, c->sid, &c->credit, (size_t)hl);
     fy_buf_consume(&c->in, (size_t)rc);
+    c->judged_ok = false;
     c->head_started = 0;
     if (c->acc == NULL)
         c->acc = calloc(FY_PIPELINE_MAX, sizeof(*c->acc));   /* once per connection */

@@ -189,7 +189,6 @@ ssize_t fy_route_rewrite(const fy_worker_t *w, const fy_client_t *c, const fy_h1
 {
     out_t o = {buf, 0, cap, false};
     bool trusted = fy_config_trusted(w->conf, (const struct sockaddr *)&c->peer);
-    const fy_h1_header_t *xff = NULL;
     const char *host = req->host ? req->host : req->authority;
     size_t hostlen = req->host ? req->host_len : req->authority_len, i;
     bool have_proto = false, have_fhost = false;
@@ -218,9 +217,7 @@ ssize_t fy_route_rewrite(const fy_worker_t *w, const fy_client_t *c, const fy_h1
             || nominated(req, h))
             continue;
         if (fy_ieq(h->name, h->name_len, "x-forwarded-for")) {
-            if (trusted && xff == NULL)
-                xff = h;
-            continue;
+            continue;   /* written below, all lines as one list */
         }
         if (fy_ieq(h->name, h->name_len, "x-forwarded-proto")) {
             if (!trusted || have_proto)
@@ -247,8 +244,13 @@ ssize_t fy_route_rewrite(const fy_worker_t *w, const fy_client_t *c, const fy_h1
     else if (req->minor == 0)
         puts_(&o, "Connection: keep-alive\r\n");
     puts_(&o, "X-Forwarded-For: ");
-    if (xff != NULL && xff->value_len > 0) {
-        put(&o, xff->value, xff->value_len);
+    /* A trusted proxy's list goes on, every line of it in order (RFC 9110
+     * §5.3 makes repeated lines one list); an untrusted client's is replaced. */
+    for (i = 0; trusted && i < req->nheaders; i++) {
+        const fy_h1_header_t *h = &req->headers[i];
+        if (!fy_ieq(h->name, h->name_len, "x-forwarded-for") || h->value_len == 0)
+            continue;
+        put(&o, h->value, h->value_len);
         put(&o, ", ", 2);
     }
     puts_(&o, c->peer_ip);

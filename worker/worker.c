@@ -98,6 +98,7 @@ static void hand_over_idle(fy_worker_t *w)
         if (c->ac != NULL)
             fy_agentconn_end_stream(c, FY_MUX_RST_DONE);
         c->hops = 0;
+        c->judged_ok = false;
         fy_worker_handoff(w, c, target);
     }
 }
@@ -294,6 +295,7 @@ void fy_worker_handoff(fy_worker_t *w, fy_client_t *c, int target)
     h.hops = (uint16_t)(c->hops + 1);
     h.port = (uint16_t)c->port;
     h.len = (uint32_t)fy_buf_len(&c->in);
+    h.flags = c->judged_ok ? FY_HANDOFF_F_JUDGED : 0;
     h.peer = c->peer;
     rc = fy_handoff_send(w->mailbox_send[target], &h, fy_buf_data(&c->in), c->io.fd);
     if (rc == FY_OK) {

@@ -125,6 +125,9 @@ struct fy_client_s {
     fy_worker_t     *w;
     uint64_t         serial;          /* unique in the worker: names it to the verifier thread */
     int              verified;        /* result of the credential check for the head in `in`: 0 none, 1 ok, 2 no */
+    uint8_t          verified_key[32];/* ... for these credentials (the cache key) */
+    bool             prejudged;       /* the first request was judged by the worker that handed it over */
+    bool             judged_ok;       /* the head in `in` passed the access rules here */
     fy_client_t     *next, *prev;     /* worker's list */
     bool             closed;
     bool             admin;
