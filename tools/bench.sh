@@ -1,47 +1,108 @@
 #!/usr/bin/env bash
-# tools/bench.sh: ferry's benchmark driver (`make bench`, run from the repo root).
+# tools/bench.sh: ferry's benchmark suite (`make bench`, `make bench-json`;
+# run from the repo root).
 #
-# Starts, on free loopback ports in a temp dir: the origin (build/tools/origin),
-# nginx as a one-hop keep-alive reverse proxy to it, and ferryd (one worker)
-# with a ferry agent exposing the origin as tunnel "bench". Then runs wrk
-# against each of the three for each load, all in this one run, so the ratios
-# compare like with like on the same machine at the same moment:
+#   tools/bench.sh           the table on stdout
+#   tools/bench.sh --json    the same as JSON on stdout (the table and the
+#                            progress go to stderr)
 #
-#   1k keep-alive       GET /1k, -c 50, keep-alive
-#   1k close            GET /1k, -c 50, "Connection: close" (a TCP connection per request)
-#   1m keep-alive       GET /1m, -c 8, bulk throughput
+# Starts, on free loopback ports in a temp dir: the origin
+# (build/tools/origin), nginx as a tuned one-hop reverse proxy to it
+# (upstream keep-alive, no access log, WebSocket upgrade on /ws), ferryd with
+# one worker and ferryd with four workers, each with a ferry agent exposing
+# the origin as tunnel "bench". Then runs every load against each row, all
+# in this one run, so the ratios compare like with like on the same machine
+# at the same moment:
 #
-# Prints one table: req/s, MB/s (wrk's MB, i.e. MiB), p50/p99 latency, errors
-# (socket errors plus non-2xx), and ferry's req/s as a ratio of direct and of
-# nginx. If ferry never becomes ready its rows say so and the script exits 1.
+#   1k-keepalive   wrk -c50, GET /1k (1 KiB body), keep-alive
+#   1k-close       wrk -c50, GET /1k, "Connection: close" (a TCP connection per request)
+#   1m-keepalive   wrk -c8, GET /1m (1 MiB body), bulk download
+#   64k-upload     wrk -c16, POST /upload with a 64 KiB body (tools/bench.lua), keep-alive
+#   1k-c1000       wrk -c1000, GET /1k, keep-alive: 1,000 concurrent clients
+#   ws-echo        build/tools/bench_ws -c50: WebSocket echo of 1 KiB messages
+#                  (one in flight per connection); req/s is messages/s
 #
-# Knobs (environment): FERRY_BENCH_DURATION (wrk seconds, default 5),
-# FERRY_BENCH_LEAVE=1 (keep the temp dir: configs, logs, raw wrk output),
-# FERRYD / FERRY / ORIGIN / NGINX (binaries; defaults ./ferryd, ./ferry,
-# $FERRY_BUILD/tools/origin, /usr/sbin/nginx).
+# Rows: direct (the origin), nginx (one hop), ferry (1 worker: the tunnel's
+# owner takes every connection), ferry4w (4 workers: most connections land
+# on a worker that does not own the tunnel and are handed to the owner).
+#
+# Columns: req/s; MB/s (MiB: response bytes, for the upload the bodies
+# sent); p50/p99/p99.9 latency (ms; wrk's histogram through tools/bench.lua,
+# bench_ws's samples); errors (socket errors + non-2xx); CPU seconds per 10k
+# requests of the relay (nginx's master+worker, or ferryd's master+workers)
+# and of the agent (utime+stime from /proc/PID/stat before and after the
+# run, CLK_TCK from getconf); peak RSS (VmHWM, reset through
+# /proc/PID/clear_refs before each run) of the relay's processes (summed)
+# and of the agent, in MiB; ratios of req/s to direct, to nginx, and
+# ferry4w to ferry.
+#
+# Then the noise-free figure (tools/bench_callgrind.sh): instructions per
+# proxied request of ferryd's worker, the agent and nginx's worker under
+# callgrind, compared with the baseline (tools/bench-baseline.json).
+#
+# Knobs (environment): FERRY_BENCH_DURATION (seconds per run, default 4),
+# FERRY_BENCH_CALLGRIND=0 (skip the callgrind figure), FERRY_BENCH_LOADS
+# (space-separated subset of the loads above), FERRY_BENCH_LEAVE=1 (keep the
+# temp dir: configs, logs, raw outputs), FERRY_BENCH_FERRYD / _FERRY /
+# _ORIGIN / _NGINX / _WS (binaries; defaults ./ferryd, ./ferry,
+# $FERRY_BUILD/tools/origin, /usr/sbin/nginx, $FERRY_BUILD/tools/bench_ws;
+# not FERRYD etc.: make exports its own values of those). The callgrind part
+# takes FERRY_BENCH_CG_* and FERRY_BENCH_REQS (see tools/bench_callgrind.sh).
+#
+# Exit status 1 if a row could not start or a run failed.
 set -euo pipefail
 
-DURATION=${FERRY_BENCH_DURATION:-5}
+JSON=0
+case "${1:-}" in
+"") ;;
+--json) JSON=1 ;;
+*) echo "usage: $0 [--json]" >&2; exit 2 ;;
+esac
+
+DURATION=${FERRY_BENCH_DURATION:-4}
 BIN_DIR=${FERRY_BIN_DIR:-.}
-FERRYD=${FERRYD:-$BIN_DIR/ferryd}
-FERRY=${FERRY:-$BIN_DIR/ferry}
-ORIGIN=${ORIGIN:-${FERRY_BUILD:-build}/tools/origin}
-NGINX=${NGINX:-/usr/sbin/nginx}
+BUILD_DIR=${FERRY_BUILD:-build}
+FERRYD=${FERRY_BENCH_FERRYD:-$BIN_DIR/ferryd}
+FERRY=${FERRY_BENCH_FERRY:-$BIN_DIR/ferry}
+ORIGIN=${FERRY_BENCH_ORIGIN:-$BUILD_DIR/tools/origin}
+BENCH_WS=${FERRY_BENCH_WS:-$BUILD_DIR/tools/bench_ws}
+NGINX=${FERRY_BENCH_NGINX:-/usr/sbin/nginx}
+LOADS=${FERRY_BENCH_LOADS:-1k-keepalive 1k-close 1m-keepalive 64k-upload 1k-c1000 ws-echo}
+ROWS="direct nginx ferry ferry4w"
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
+HERE=$(cd "$(dirname "$0")" && pwd)
+START=$SECONDS
 
 die() { echo "bench: $*" >&2; exit 1; }
+# Progress and diagnostics: stderr.
+say() { echo "bench: $*" >&2; }
 
-for tool in wrk curl "$PY"; do
+for tool in wrk curl "$PY" getconf; do
     command -v "$tool" >/dev/null || die "$tool not found (make deps installs it)"
 done
-[ -x "$ORIGIN" ] || die "$ORIGIN not built (make $ORIGIN)"
+[ -x "$ORIGIN" ] || die "$ORIGIN not built (make)"
+[ -x "$BENCH_WS" ] || die "$BENCH_WS not built (make)"
 [ -x "$NGINX" ] || die "$NGINX not found (apt-get install nginx)"
+case $DURATION in '' | *[!0-9]* | 0) die "FERRY_BENCH_DURATION must be a whole number of seconds" ;; esac
+CLK_TCK=$(getconf CLK_TCK)
+
+# 1,000 clients: wrk needs about 1,000 fds, nginx and the origin twice that
+# (ferryd raises its own limit). Children inherit the raised soft limit.
+HARD_NOFILE=$(ulimit -Hn)
+if [ "$HARD_NOFILE" = unlimited ] || [ "$HARD_NOFILE" -ge 16384 ]; then
+    ulimit -n 16384
+else
+    ulimit -n "$HARD_NOFILE"
+fi
+[ "$(ulimit -n)" -ge 4096 ] || say "fd limit $(ulimit -n): the 1k-c1000 load may fail"
 
 TMP=$(mktemp -d /tmp/ferry-bench.XXXXXX)
 # nginx drops its workers to an unprivileged user when started as root; they
 # must still reach the temp paths below.
 chmod 755 "$TMP"
+RESULTS=$TMP/results.tsv
+: >"$RESULTS"
 
 PIDS=()
 cleanup() {
@@ -60,7 +121,7 @@ cleanup() {
         wait "$pid" 2>/dev/null || true
     done
     if [ "${FERRY_BENCH_LEAVE:-0}" = 1 ]; then
-        echo "bench: left $TMP" >&2
+        say "left $TMP"
     else
         rm -rf "$TMP"
     fi
@@ -107,9 +168,10 @@ wait_200() {
 
 # --- origin -------------------------------------------------------------------
 spawn origin "$ORIGIN" -l 127.0.0.1:0
+ORIGIN_PID=${PIDS[-1]}
 ORIGIN_PORT=
 for i in $(seq 100); do
-    ORIGIN_PORT=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$TMP/origin.out")
+    ORIGIN_PORT=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$TMP/origin.out" 2>/dev/null || true)
     [ -n "$ORIGIN_PORT" ] && break
     alive || break
     sleep 0.1
@@ -118,19 +180,24 @@ done
 wait_200 "http://127.0.0.1:$ORIGIN_PORT/1k" || die "origin does not answer /1k"
 
 # --- nginx --------------------------------------------------------------------
-# A tuned one-hop proxy: upstream keep-alive, no access log, and for big
-# bodies 512 KiB of memory buffers per request and no temp files, so it
-# streams them rather than spooling to disk (faster here than both the
-# default and proxy_buffering off).
+# A tuned one-hop proxy: upstream keep-alive (enough idle connections for
+# 1,000 clients, so none is closed after its request), no access log, and
+# for big bodies 512 KiB of memory buffers per request and no temp files, so
+# it streams them rather than spooling to disk (faster here than both the
+# default and proxy_buffering off); request bodies up to 128 KiB stay in
+# memory (the default 16 KiB spools a 64 KiB upload to a temp file and
+# sends it in a second write, which meets the 40 ms delayed ACK). /ws passes
+# the WebSocket upgrade on.
 mkdir -p "$TMP/nginx"
 cat >"$TMP/nginx/nginx.conf" <<EOF
 daemon off;
 master_process on;
 worker_processes 1;
+worker_rlimit_nofile 16384;
 pid $TMP/nginx/nginx.pid;
 error_log $TMP/nginx/error.log warn;
 events {
-    worker_connections 4096;
+    worker_connections 8192;
 }
 http {
     access_log off;
@@ -142,12 +209,13 @@ http {
     keepalive_requests 1000000;
     upstream origin {
         server 127.0.0.1:$ORIGIN_PORT;
-        keepalive 64;
+        keepalive 1024;
         keepalive_requests 1000000;
     }
     server {
-        listen 127.0.0.1:$NGINX_PORT;
+        listen 127.0.0.1:$NGINX_PORT backlog=4096;
         client_max_body_size 0;
+        client_body_buffer_size 128k;
         location / {
             proxy_pass http://origin;
             proxy_http_version 1.1;
@@ -157,10 +225,18 @@ http {
             proxy_busy_buffers_size 128k;
             proxy_max_temp_file_size 0;
         }
+        location /ws {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 3600s;
+        }
     }
 }
 EOF
 spawn nginx "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf"
+NGINX_PID=${PIDS[-1]}
 wait_200 "http://127.0.0.1:$NGINX_PORT/1k" ||
     die "nginx not ready on :$NGINX_PORT: $(tail -n 5 "$TMP/nginx/error.log" "$TMP/nginx.err" 2>/dev/null)"
 
@@ -169,10 +245,15 @@ wait_200 "http://127.0.0.1:$NGINX_PORT/1k" ||
 # four workers, where most new connections land on a worker that does not
 # own the tunnel and are handed to the owner (the handoff path).
 FERRY_HDR=(-H "Host: bench.localhost")
-declare -A READY WHY
+AGENT_FLAGS=()
+# No local agent API: two agents would fight over its default port.
+"$FERRY" --help 2>&1 | grep -q -- '--web-addr' && AGENT_FLAGS+=(--web-addr false)
+declare -A READY WHY RELAY_PID AGENT_PID
 start_ferry() {
     local row=$1 workers=$2 port=$3 admin=$4 code=000 deadline dpid apid
     READY[$row]=0
+    RELAY_PID[$row]=
+    AGENT_PID[$row]=
     printf 'listen: ["127.0.0.1:%s"]\nadmin: "127.0.0.1:%s"\nworkers: %s\n' \
         "$port" "$admin" "$workers" >"$TMP/$row.yml"
     if [ ! -x "$FERRYD" ] || [ ! -x "$FERRY" ]; then
@@ -182,8 +263,10 @@ start_ferry() {
     spawn "$row-ferryd" "$FERRYD" -c "$TMP/$row.yml"
     dpid=${PIDS[-1]}
     spawn "$row-agent" "$FERRY" http "127.0.0.1:$ORIGIN_PORT" --server "ws://127.0.0.1:$port" \
-        --subdomain bench --log stderr
+        --subdomain bench --log stderr "${AGENT_FLAGS[@]}"
     apid=${PIDS[-1]}
+    RELAY_PID[$row]=$dpid
+    AGENT_PID[$row]=$apid
     WHY[$row]="no 200 for Host: bench.localhost on :$port within 10 s"
     deadline=$((SECONDS + 10))
     while [ "$SECONDS" -lt "$deadline" ]; do
@@ -198,115 +281,198 @@ start_ferry() {
         sleep 0.1
     done
     WHY[$row]="${WHY[$row]} (last status $code)"
-    echo "bench: $row not ready: ${WHY[$row]}" >&2
+    say "$row not ready: ${WHY[$row]}"
     for f in "$row-ferryd.err" "$row-agent.err"; do
         [ -s "$TMP/$f" ] && { echo "--- $f (tail)" >&2; tail -n 5 "$TMP/$f" >&2; }
     done
 }
 start_ferry ferry 1 "$FERRY_PORT" "$ADMIN_PORT"
-FERRYD1_PID=${PIDS[-2]:-0}
-AGENT1_PID=${PIDS[-1]:-0}
 start_ferry ferry4w 4 "$FERRY4_PORT" "$ADMIN4_PORT"
+RELAY_PID[nginx]=$NGINX_PID
+AGENT_PID[nginx]=
+RELAY_PID[direct]=
+AGENT_PID[direct]=
+
+# --- process accounting -------------------------------------------------------
+# A service is its session (setsid): ferryd's master and workers, nginx's
+# master and worker.
+group_pids() {
+    [ -n "$1" ] && ps -o pid= --sid "$1" 2>/dev/null || true
+}
+# utime+stime (clock ticks) of every process of the group.
+cpu_ticks() {
+    local sum=0 p line f
+    for p in $(group_pids "$1"); do
+        line=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        # Fields after "pid (comm) ": state is 1, utime 12, stime 13.
+        read -r -a f <<<"${line##*) }"
+        sum=$((sum + f[11] + f[12]))
+    done
+    echo "$sum"
+}
+# Reset the peak RSS (VmHWM) of the group's processes to their current RSS.
+hwm_reset() {
+    local p
+    for p in $(group_pids "$1"); do
+        echo 5 >"/proc/$p/clear_refs" 2>/dev/null || HWM_NORESET=1
+    done
+}
+# Sum of VmHWM (kB) over the group.
+hwm_kb() {
+    local p
+    for p in $(group_pids "$1"); do
+        awk '/^VmHWM:/ { print $2 }' "/proc/$p/status" 2>/dev/null || true
+    done | awk '{ n += $1 } END { print n + 0 }'
+}
+HWM_NORESET=0
 
 # --- measure ------------------------------------------------------------------
-# wrk prints latency as 730.00us / 1.17ms / 2.00s / 1.50m; -> milliseconds.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") n /= 1000; else if (u == "s") n *= 1000
-        else if (u == "m") n *= 60000; else if (u == "h") n *= 3600000
-        printf "%.2f", n }'
+# One result per line, tab-separated key=value (values have no tabs).
+record() {
+    local IFS=$'\t'
+    echo "$*" >>"$RESULTS"
 }
 
-# wrk prints Transfer/sec in 1024-based B/KB/MB/GB; -> MB.
-to_mb() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "B") n /= 1048576; else if (u == "KB") n /= 1024
-        else if (u == "GB") n *= 1024; else if (u == "TB") n *= 1048576
-        printf "%.1f", n }'
-}
+kv() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" "$2" | tail -n 1; }
 
-LOADAVG=$(cut -d" " -f1-3 /proc/loadavg)
-declare -A RPS
-FAILED=0
-printf '%-13s %-7s %10s %9s %9s %9s %7s %9s %9s %9s\n' \
-    load row 'req/s' 'MB/s' 'p50 ms' 'p99 ms' errors 'vs direct' 'vs nginx' 'vs 1w'
-
-# bench LOAD ROW CONNS PATH [extra wrk args]: one wrk run and one table line.
-bench() {
-    local load=$1 row=$2 conns=$3 path=$4 out url port rps tr p50 p99 errs vd= vn= vf=
-    shift 4
-    out="$TMP/wrk.$load.$row.txt"
+# run LOAD ROW: one run, one result line.
+run() {
+    local load=$1 row=$2 out port url relay agent r0 a0 o0 r1 a1 o1 reqs dur bytes errs serrs
+    local p50 p99 p999 rhwm= ahwm= rc=0
+    out="$TMP/run.$load.$row.txt"
     case $row in
     direct) port=$ORIGIN_PORT ;;
     nginx) port=$NGINX_PORT ;;
     ferry) port=$FERRY_PORT ;;
     ferry4w) port=$FERRY4_PORT ;;
     esac
-    url="http://127.0.0.1:$port$path"
     if [ "${row#ferry}" != "$row" ] && [ "${READY[$row]}" = 0 ]; then
-        printf '%-13s %-7s %s\n' "$load" "$row" "$row: not ready"
+        record "load=$load" "row=$row" "status=not ready" "why=${WHY[$row]}"
         return 0
     fi
-    # wrk stops itself after -d; the timeout only catches a wedged run.
-    if ! timeout $((DURATION + 20)) wrk -t2 -c"$conns" -d"${DURATION}s" --latency "$@" "$url" \
-        >"$out" 2>&1 || ! grep -q '^Requests/sec:' "$out"; then
-        printf '%-13s %-7s %s\n' "$load" "$row" "wrk failed: $(tail -n 1 "$out")"
-        FAILED=1
-        return 0
+    relay=${RELAY_PID[$row]}
+    agent=${AGENT_PID[$row]}
+    hwm_reset "$relay"
+    hwm_reset "$agent"
+    r0=$(cpu_ticks "$relay")
+    a0=$(cpu_ticks "$agent")
+    o0=$(cpu_ticks "$ORIGIN_PID")
+    url="http://127.0.0.1:$port"
+    # The tools stop themselves after the duration; timeout only catches a
+    # wedged run.
+    case $load in
+    1k-keepalive)
+        timeout $((DURATION + 20)) wrk -t2 -c50 -d"${DURATION}s" -s "$HERE/bench.lua" \
+            "${FERRY_HDR[@]}" "$url/1k" >"$out" 2>&1 || rc=$? ;;
+    1k-close)
+        timeout $((DURATION + 20)) wrk -t2 -c50 -d"${DURATION}s" -s "$HERE/bench.lua" \
+            "${FERRY_HDR[@]}" -H "Connection: close" "$url/1k" >"$out" 2>&1 || rc=$? ;;
+    1m-keepalive)
+        timeout $((DURATION + 20)) wrk -t2 -c8 -d"${DURATION}s" -s "$HERE/bench.lua" \
+            "${FERRY_HDR[@]}" "$url/1m" >"$out" 2>&1 || rc=$? ;;
+    64k-upload)
+        BENCH_BODY=65536 timeout $((DURATION + 20)) wrk -t2 -c16 -d"${DURATION}s" -s "$HERE/bench.lua" \
+            "${FERRY_HDR[@]}" "$url/upload" >"$out" 2>&1 || rc=$? ;;
+    1k-c1000)
+        timeout $((DURATION + 30)) wrk -t2 -c1000 -d"${DURATION}s" --timeout 10s -s "$HERE/bench.lua" \
+            "${FERRY_HDR[@]}" "$url/1k" >"$out" 2>&1 || rc=$? ;;
+    ws-echo)
+        timeout $((DURATION + 30)) "$BENCH_WS" -c50 -t2 -d"$DURATION" -s 1024 -H bench.localhost \
+            "127.0.0.1:$port" >"$out" 2>&1 || rc=$? ;;
+    *) die "unknown load $load" ;;
+    esac
+    r1=$(cpu_ticks "$relay")
+    a1=$(cpu_ticks "$agent")
+    o1=$(cpu_ticks "$ORIGIN_PID")
+    [ -n "$relay" ] && rhwm=$(hwm_kb "$relay")
+    [ -n "$agent" ] && ahwm=$(hwm_kb "$agent")
+
+    if [ "$load" = ws-echo ]; then
+        if ! grep -q '^ws .*messages=' "$out"; then
+            record "load=$load" "row=$row" "status=failed" "why=bench_ws: $(tail -n 1 "$out")"
+            return 0
+        fi
+        reqs=$(kv messages "$out")
+        dur=$((DURATION * 1000000))
+        bytes=$((reqs * 1024))
+        errs=$(kv errors "$out")
+        serrs=0
+        p50=$(kv p50_us "$out")
+        p99=$(kv p99_us "$out")
+        p999=$(kv p999_us "$out")
+    else
+        if ! grep -q '^BENCH ' "$out"; then
+            record "load=$load" "row=$row" "status=failed" "why=wrk (exit $rc): $(tail -n 1 "$out")"
+            return 0
+        fi
+        reqs=$(kv requests "$out")
+        dur=$(kv duration_us "$out")
+        bytes=$(kv bytes "$out")
+        [ "$load" = 64k-upload ] && bytes=$((reqs * 65536))
+        errs=$(kv errors "$out")
+        serrs=$(kv status_errors "$out")
+        p50=$(kv p50_us "$out")
+        p99=$(kv p99_us "$out")
+        p999=$(kv p999_us "$out")
     fi
-    rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$out")
-    tr=$(to_mb "$(awk '/^Transfer\/sec:/ { print $2 }' "$out")")
-    p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
-    p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
-    errs=$(awk '/Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
-                /Non-2xx or 3xx responses:/ { n += $5 }
-                END { print n + 0 }' "$out")
-    RPS[$load.$row]=$rps
-    if [ "$row" != direct ] && [ -n "${RPS[$load.direct]:-}" ]; then
-        vd=$(awk -v a="$rps" -v b="${RPS[$load.direct]}" 'BEGIN { if (b > 0) printf "%.2fx", a / b }')
-    fi
-    if [ "${row#ferry}" != "$row" ] && [ -n "${RPS[$load.nginx]:-}" ]; then
-        vn=$(awk -v a="$rps" -v b="${RPS[$load.nginx]}" 'BEGIN { if (b > 0) printf "%.2fx", a / b }')
-    fi
-    if [ "$row" = ferry4w ] && [ -n "${RPS[$load.ferry]:-}" ]; then
-        vf=$(awk -v a="$rps" -v b="${RPS[$load.ferry]}" 'BEGIN { if (b > 0) printf "%.2fx", a / b }')
-    fi
-    printf '%-13s %-7s %10s %9s %9s %9s %7s %9s %9s %9s\n' \
-        "$load" "$row" "$rps" "$tr" "$p50" "$p99" "$errs" "$vd" "$vn" "$vf"
+    record "load=$load" "row=$row" "status=ok" "requests=$reqs" "duration_us=$dur" "bytes=$bytes" \
+        "errors=$errs" "status_errors=$serrs" "p50_us=$p50" "p99_us=$p99" "p999_us=$p999" \
+        "relay_ticks=$([ -n "$relay" ] && echo $((r1 - r0)))" \
+        "agent_ticks=$([ -n "$agent" ] && echo $((a1 - a0)))" \
+        "origin_ticks=$((o1 - o0))" "relay_hwm_kb=$rhwm" "agent_hwm_kb=$ahwm"
+    say "$load $row: $(awk -v r="$reqs" -v d="$dur" 'BEGIN { if (d > 0) printf "%.0f/s", r * 1e6 / d }')," \
+        "p99 $(awk -v v="$p99" 'BEGIN { printf "%.2f ms", v / 1000 }'), errors $((errs + serrs))"
 }
 
-for row in direct nginx ferry ferry4w; do
-    bench 1k-keepalive "$row" 50 /1k "${FERRY_HDR[@]}"
-done
-for row in direct nginx ferry ferry4w; do
-    bench 1k-close "$row" 50 /1k "${FERRY_HDR[@]}" -H "Connection: close"
-done
-for row in direct nginx ferry ferry4w; do
-    bench 1m-keepalive "$row" 8 /1m "${FERRY_HDR[@]}"
+LOADAVG=$(cut -d" " -f1-3 /proc/loadavg)
+for load in $LOADS; do
+    for row in $ROWS; do
+        run "$load" "$row"
+    done
 done
 
-# Resident memory after the runs (kB), summed over each process group: what
-# the relay and the agent hold with one busy tunnel.
-rss_group() {
-    ps -o rss= -g "$1" 2>/dev/null | awk '{ n += $1 } END { print n + 0 }'
-}
-if [ "${READY[ferry]}" = 1 ]; then
-    echo "memory (RSS after the runs): ferryd $(rss_group "$FERRYD1_PID") kB (master+worker)," \
-        "agent $(rss_group "$AGENT1_PID") kB, nginx $(rss_group "${PIDS[1]}") kB"
-fi
-echo "ferry = 1 worker (the owner takes every connection); ferry4w = 4 workers, where most new" \
-    "connections are handed to the owner (vs 1w = ferry4w / ferry)"
+HANDOFFS=
 if [ "${READY[ferry4w]}" = 1 ]; then
-    echo "handoffs (ferry4w): $(curl -s "http://127.0.0.1:$ADMIN4_PORT/metrics" | awk '/^ferry_handoffs_total/ { printf "%s ", $0 }')"
+    HANDOFFS=$(curl -s --max-time 2 "http://127.0.0.1:$ADMIN4_PORT/metrics" |
+        awk '/^ferry_handoffs_total/ { printf "%s ", $0 }' || true)
 fi
-echo "(wrk -t2, ${DURATION}s per run; 1k loads -c50, 1m load -c8; $(nproc) CPUs shared by wrk and the servers; load average before: $LOADAVG)"
+record "meta" "duration_s=$DURATION" "cpus=$(nproc)" "loadavg_before=$LOADAVG" "clk_tck=$CLK_TCK" \
+    "hwm_reset=$([ "$HWM_NORESET" = 1 ] && echo no || echo yes)" "handoffs=$HANDOFFS" \
+    "ferryd=$FERRYD" "ferry=$FERRY" "nginx=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')" \
+    "wrk=$(wrk -v 2>&1 | head -n 1 | cut -d' ' -f2)" \
+    "commit=${FERRY_BENCH_SOURCE:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(
+        [ -z "$(git status --porcelain -- master worker shm agent common GNUmakefile 2>/dev/null)" ] ||
+            echo +dirty)}"
 
-for row in ferry ferry4w; do
-    if [ "${READY[$row]}" = 0 ]; then
-        echo "bench: $row rows missing: ${WHY[$row]}" >&2
-        FAILED=1
+# --- the noise-free figure ----------------------------------------------------
+CG=$TMP/callgrind.txt
+: >"$CG"
+if [ "${FERRY_BENCH_CALLGRIND:-1}" = 0 ]; then
+    echo "cg_status=skipped (FERRY_BENCH_CALLGRIND=0)" >"$CG"
+elif ! command -v valgrind >/dev/null; then
+    echo "cg_status=skipped (valgrind not installed: apt-get install valgrind)" >"$CG"
+elif [ "${READY[ferry]}" = 0 ]; then
+    echo "cg_status=skipped (ferry not ready)" >"$CG"
+else
+    say "callgrind (tools/bench_callgrind.sh) ..."
+    if "$HERE/bench_callgrind.sh" >"$CG.out" 2>"$CG.err"; then
+        tr ' ' '\n' <"$CG.out" | grep '^cg_' >"$CG" || true
+        echo "cg_status=ok" >>"$CG"
+    else
+        echo "cg_status=failed: $(tail -n 1 "$CG.err")" >"$CG"
+        FAILED_CG=1
     fi
-done
-exit "$FAILED"
+fi
+echo "suite_seconds=$((SECONDS - START))" >>"$CG"
+
+REPORT=("$PY" "$HERE/bench_report.py" report --results "$RESULTS" --callgrind "$CG"
+    --baseline "$HERE/bench-baseline.json")
+if [ "$JSON" = 1 ]; then
+    "${REPORT[@]}" --format table >&2
+    "${REPORT[@]}" --format json
+else
+    "${REPORT[@]}" --format table
+fi
+
+# Exit 1 if a row never started or a run failed.
+! grep -q -P '\tstatus=(failed|not ready)' "$RESULTS" && [ "${FAILED_CG:-0}" = 0 ]

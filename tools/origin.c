@@ -9,7 +9,13 @@
  *   GET|HEAD /1k   200, 1024-byte body of 'x'
  *   GET|HEAD /1m   200, 1 MiB body of 'x'
  *   POST <any>     reads and discards the body (Content-Length or chunked),
- *                  answers 200 with the body length in decimal
+ *                  answers 200 with the body length in decimal (so POST
+ *                  /upload is the upload sink of the bench)
+ *   GET /ws        with Upgrade: websocket: 101, then a WebSocket echo: each
+ *                  data frame comes back as it came (same FIN and opcode,
+ *                  unmasked), PING gets PONG, CLOSE gets CLOSE. Frames over
+ *                  WS_FRAME_MAX payload bytes get CLOSE 1009. Without the
+ *                  upgrade headers: 426
  *   anything else  404
  *
  * One thread, one level-triggered epoll loop, non-blocking sockets,
@@ -20,9 +26,10 @@
  * stops reading while its output is backed up. Big bodies are sent straight
  * from one static buffer, never copied.
  *
- * Deliberately not here: TLS, WebSocket, timeouts (the driver kills us).
+ * Deliberately not here: TLS, timeouts (the driver kills us).
  */
 #include "fy.h"
+#include "ws/ws.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -44,6 +51,8 @@
 #define SMALL_LEN   1024          /* bytes of the /1k body */
 #define READ_BUDGET 16            /* reads per wakeup, so one client cannot starve the rest */
 #define MAX_EVENTS  256
+#define WS_FRAME_MAX (OUT_CAP - FY_WS_MAX_HEADER) /* bytes of payload we echo in one frame */
+#define WS_KEY_MAX  64            /* bytes of Sec-WebSocket-Key we keep */
 
 enum body_mode { BODY_NONE, BODY_LENGTH, BODY_CHUNKED };
 
@@ -59,7 +68,7 @@ enum ck_state {
     CK_END_LF
 };
 
-enum route { R_404, R_1K, R_1M, R_UPLOAD };
+enum route { R_404, R_1K, R_1M, R_UPLOAD, R_WS };
 
 typedef struct conn_s {
     int fd;
@@ -77,6 +86,12 @@ typedef struct conn_s {
     bool head_only;         /* HEAD: headers without the body */
     bool keep_alive;
     bool http10;
+    bool up_ws;             /* Upgrade: websocket */
+    bool conn_upgrade;      /* Connection: upgrade */
+    size_t ws_key_len;      /* 0: no usable Sec-WebSocket-Key */
+    char ws_key[WS_KEY_MAX];
+
+    bool ws;                /* upgraded: in holds WebSocket frames to echo */
 
     bool rd_eof;            /* the peer half-closed */
     bool close_after;       /* close once out is flushed; read no more */
@@ -200,6 +215,26 @@ static void reject(conn_t *c, const char *status)
     respond(c, status, status, strlen(status));
 }
 
+/* GET /ws: switch to the echo, or 426 without a proper upgrade. */
+static void ws_upgrade(conn_t *c)
+{
+    char accept[29];
+    char *p = c->out + c->out_len, *start = p;
+
+    if (!c->up_ws || !c->conn_upgrade || c->head_only || c->http10 || c->body != BODY_NONE ||
+        c->ws_key_len == 0 || fy_ws_accept_key(c->ws_key, c->ws_key_len, accept) != FY_OK) {
+        c->keep_alive = false;
+        respond(c, "426 Upgrade Required", "websocket upgrade required\n", 27);
+        return;
+    }
+    p += put(p, "HTTP/1.1 101 Switching Protocols\r\nServer: ferry-origin\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
+    p += put(p, accept);
+    p += put(p, "\r\n\r\n");
+    c->out_len += (size_t)(p - start);
+    c->ws = true;
+}
+
 static void finish_request(conn_t *c)
 {
     char num[24];
@@ -216,6 +251,9 @@ static void finish_request(conn_t *c)
     case R_UPLOAD:
         n = put_u64(num, c->body_len);
         respond(c, "200 OK", num, n);
+        break;
+    case R_WS:
+        ws_upgrade(c);
         break;
     case R_404:
     default:
@@ -275,6 +313,9 @@ static int parse_head(conn_t *c, const char *h, size_t len)
     c->body_len = 0;
     c->keep_alive = true;
     c->http10 = false;
+    c->up_ws = false;
+    c->conn_upgrade = false;
+    c->ws_key_len = 0;
 
     /* Request line: method SP target SP HTTP/1.x CRLF. */
     eol = memmem(p, (size_t)(end - p), "\r\n", 2);
@@ -311,6 +352,8 @@ static int parse_head(conn_t *c, const char *h, size_t len)
             c->route = R_1K;
         else if (plen == 3 && memcmp(t, "/1m", 3) == 0)
             c->route = R_1M;
+        else if (plen == 3 && memcmp(t, "/ws", 3) == 0)
+            c->route = R_WS;
     }
 
     /* Header fields: name ":" OWS value OWS CRLF. No obs-fold (RFC 9112
@@ -359,6 +402,14 @@ static int parse_head(conn_t *c, const char *h, size_t len)
         } else if (fy_ieq(n, nlen, "connection")) {
             conn_close_tok |= list_has(v, vlen, "close", false);
             conn_ka |= list_has(v, vlen, "keep-alive", false);
+            c->conn_upgrade |= list_has(v, vlen, "upgrade", false);
+        } else if (fy_ieq(n, nlen, "upgrade")) {
+            c->up_ws |= list_has(v, vlen, "websocket", false);
+        } else if (fy_ieq(n, nlen, "sec-websocket-key")) {
+            if (vlen < WS_KEY_MAX) {
+                memcpy(c->ws_key, v, vlen);
+                c->ws_key_len = vlen;
+            }
         } else if (fy_ieq(n, nlen, "expect")) {
             expect_continue = fy_ieq(v, vlen, "100-continue");
         }
@@ -515,6 +566,93 @@ bad:
     return FY_ERR;
 }
 
+/* Queue a CLOSE with code (0: none) and stop reading: the connection closes
+ * once out is flushed. The caller checked there are 16 bytes free in out. */
+static void ws_close(conn_t *c, unsigned code)
+{
+    uint8_t *p = (uint8_t *)c->out + c->out_len;
+    size_t n = fy_ws_write_header(p, true, FY_WS_CLOSE, code ? 2 : 0, NULL);
+
+    if (code) {
+        p[n++] = (uint8_t)(code >> 8);
+        p[n++] = (uint8_t)code;
+    }
+    c->out_len += n;
+    c->close_after = true;
+}
+
+/* Echo the one WebSocket frame at the start of b[0..len), whole frames only
+ * (so a frame goes back as it came). Returns the bytes consumed, 0 when the
+ * frame is not all here yet or out has no room for the echo (we are called
+ * again after more input or a flush), FY_ERR after queueing a CLOSE. */
+static ssize_t ws_echo(conn_t *c, char *b, size_t len)
+{
+    const uint8_t *h = (const uint8_t *)b;
+    size_t hlen = 2, room = OUT_CAP - c->out_len, i;
+    uint64_t plen;
+    bool fin;
+    int op;
+    uint8_t mask[4];
+    char *dst;
+
+    if (room < 16 || len < 2)
+        return 0;
+    fin = (h[0] & 0x80) != 0;
+    op = h[0] & 0x0f;
+    plen = h[1] & 0x7f;
+    /* RSV bits, an unmasked client frame, an unknown opcode: protocol error. */
+    if ((h[0] & 0x70) != 0 || (h[1] & 0x80) == 0 || (op > FY_WS_BINARY && op < FY_WS_CLOSE) ||
+        op > FY_WS_PONG || (op >= FY_WS_CLOSE && (!fin || plen > FY_WS_MAX_CONTROL)))
+        goto protocol;
+    if (plen == 126)
+        hlen += 2;
+    else if (plen == 127)
+        hlen += 8;
+    if (len < hlen + 4)
+        return 0;
+    if (plen >= 126) {
+        plen = 0;
+        for (i = 2; i < hlen; i++)
+            plen = plen << 8 | h[i];
+    }
+    if (plen > WS_FRAME_MAX) {
+        ws_close(c, FY_WS_CLOSE_TOO_BIG);
+        return FY_ERR;
+    }
+    memcpy(mask, h + hlen, 4);
+    hlen += 4;
+    if (len - hlen < plen)
+        return 0;
+    if (room < FY_WS_MAX_HEADER + plen)
+        return 0;
+
+    switch (op) {
+    case FY_WS_PONG:
+        return (ssize_t)(hlen + plen);
+    case FY_WS_CLOSE:
+        /* Echo the status code (the reason is dropped) and close. */
+        ws_close(c, plen >= 2 ? ((unsigned)(uint8_t)(b[hlen] ^ mask[0]) << 8 |
+                                 (uint8_t)(b[hlen + 1] ^ mask[1]))
+                              : 0);
+        return (ssize_t)(hlen + plen);
+    case FY_WS_PING:
+        op = FY_WS_PONG;
+        break;
+    default:
+        break;
+    }
+    dst = c->out + c->out_len;
+    dst += fy_ws_write_header((uint8_t *)dst, fin, op, plen, NULL);
+    memcpy(dst, b + hlen, (size_t)plen);
+    fy_ws_mask((uint8_t *)dst, (size_t)plen, mask, 0);
+    c->out_len = (size_t)(dst + plen - c->out);
+    return (ssize_t)(hlen + plen);
+
+protocol:
+    ws_close(c, FY_WS_CLOSE_PROTOCOL);
+    return FY_ERR;
+}
+
 /* Handle whatever complete requests sit in c->in, as long as there is room
  * to answer. Returns whether anything was consumed or queued. */
 static bool process(conn_t *c)
@@ -523,6 +661,16 @@ static bool process(conn_t *c)
     bool progress = false;
 
     while (!c->close_after && pos < c->in_len) {
+        if (c->ws) {
+            ssize_t k = ws_echo(c, c->in + pos, c->in_len - pos);
+            if (k == 0)
+                break;
+            progress = true;
+            if (k < 0)
+                break;
+            pos += (size_t)k;
+            continue;
+        }
         if (c->in_body) {
             ssize_t k = eat_body(c, c->in + pos, c->in_len - pos);
             progress = true;
