@@ -9,7 +9,6 @@
 #include "log/log.h"
 
 #include <errno.h>
-#include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -36,60 +35,120 @@ static void on_flush(fy_ev_t *ev, fy_timer_t *t)
     fy_access_flush(t->data);
 }
 
-static size_t put_path(char *out, size_t cap, const char *s, size_t n, bool json)
+/* A bounded line builder: the access log runs once per request, so it
+ * formats by hand (printf and strftime cost more than the request). */
+typedef struct {
+    char  *p;
+    size_t n, cap;
+} line_t;
+
+static void add(line_t *l, const char *s, size_t n)
+{
+    n = FY_MIN(n, l->cap - l->n);
+    memcpy(l->p + l->n, s, n);
+    l->n += n;
+}
+
+static void adds(line_t *l, const char *s) { add(l, s, strlen(s)); }
+
+static void addu(line_t *l, uint64_t v)
+{
+    char b[24];
+    size_t i = sizeof(b);
+    do
+        b[--i] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    add(l, b + i, sizeof(b) - i);
+}
+
+static void addq(line_t *l, const char *s, size_t n, bool json)
 {
     if (json)
-        return fy_log_json_escape(out, cap, s, n);
-    n = FY_MIN(n, cap);
-    memcpy(out, s, n);
-    return n;
+        l->n += fy_log_json_escape(l->p + l->n, l->cap - l->n, s, n);
+    else
+        add(l, s, n);
+}
+
+/* "2026-01-01T12:00:00Z", formatted once a second. */
+static const char *stamp(fy_worker_t *w)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME_COARSE, &now);
+    if (now.tv_sec != w->access_sec) {
+        struct tm tm;
+        gmtime_r(&now.tv_sec, &tm);
+        strftime(w->access_ts, sizeof(w->access_ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        w->access_sec = now.tv_sec;
+    }
+    return w->access_ts;
 }
 
 void fy_access_log(fy_worker_t *w, const fy_client_t *c, const fy_access_t *a, int status, uint64_t bytes,
                    const char *err_code)
 {
-    char line[1024], ts[32];
-    struct timespec now;
-    struct tm tm;
+    char buf[1024];
+    line_t l = {buf, 0, sizeof(buf) - 1};
     bool json = w->conf->log_json;
     uint64_t ms = fy_ev_now(w->ev) - a->start;
-    size_t n = 0;
-    int r;
+    const char *tunnel = a->tunnel[0] ? a->tunnel : "-";
 
     if (w->access_buf == NULL)
         return;
-    clock_gettime(CLOCK_REALTIME, &now);
-    gmtime_r(&now.tv_sec, &tm);
-    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
     if (json) {
-        r = snprintf(line, sizeof(line), "{\"t\":\"%s\",\"type\":\"access\",\"client\":\"%s\",\"tunnel\":\"%s\","
-                     "\"method\":\"", ts, c->peer_addr, a->tunnel[0] ? a->tunnel : "-");
-        n = r > 0 ? (size_t)r : 0;
-        n += put_path(line + n, 40, a->method, a->method_len, true);
-        n += (size_t)snprintf(line + n, sizeof(line) - n, "\",\"path\":\"");
-        n += put_path(line + n, sizeof(line) - n - 200, a->path, a->path_len, true);
-        r = snprintf(line + n, sizeof(line) - n,
-                     "\",\"status\":%d,\"bytes\":%llu,\"duration_ms\":%llu,\"worker\":%d,\"handoff\":%s%s%s%s}\n",
-                     status, (unsigned long long)bytes, (unsigned long long)ms, w->index,
-                     a->handoff ? "true" : "false", err_code ? ",\"error\":\"" : "", err_code ? err_code : "",
-                     err_code ? "\"" : "");
+        adds(&l, "{\"t\":\"");
+        adds(&l, stamp(w));
+        adds(&l, "\",\"type\":\"access\",\"client\":\"");
+        adds(&l, c->peer_addr);
+        adds(&l, "\",\"tunnel\":\"");
+        adds(&l, tunnel);
+        adds(&l, "\",\"method\":\"");
+        addq(&l, a->method, a->method_len, true);
+        adds(&l, "\",\"path\":\"");
+        addq(&l, a->path, a->path_len, true);
+        adds(&l, "\",\"status\":");
+        addu(&l, (uint64_t)status);
+        adds(&l, ",\"bytes\":");
+        addu(&l, bytes);
+        adds(&l, ",\"duration_ms\":");
+        addu(&l, ms);
+        adds(&l, ",\"worker\":");
+        addu(&l, (uint64_t)w->index);
+        adds(&l, a->handoff ? ",\"handoff\":true" : ",\"handoff\":false");
+        if (err_code != NULL) {
+            adds(&l, ",\"error\":\"");
+            adds(&l, err_code);
+            adds(&l, "\"");
+        }
+        adds(&l, "}");
     } else {
-        r = snprintf(line, sizeof(line), "%s %s tunnel=%s \"", ts, c->peer_addr, a->tunnel[0] ? a->tunnel : "-");
-        n = r > 0 ? (size_t)r : 0;
-        n += put_path(line + n, 16, a->method, a->method_len, false);
-        line[n++] = ' ';
-        n += put_path(line + n, sizeof(line) - n - 200, a->path, a->path_len, false);
-        r = snprintf(line + n, sizeof(line) - n, "\" %d %llu %llums worker=%d handoff=%d%s%s\n", status,
-                     (unsigned long long)bytes, (unsigned long long)ms, w->index, a->handoff ? 1 : 0,
-                     err_code ? " error=" : "", err_code ? err_code : "");
+        adds(&l, stamp(w));
+        adds(&l, " ");
+        adds(&l, c->peer_addr);
+        adds(&l, " tunnel=");
+        adds(&l, tunnel);
+        adds(&l, " \"");
+        addq(&l, a->method, a->method_len, false);
+        adds(&l, " ");
+        addq(&l, a->path, a->path_len, false);
+        adds(&l, "\" ");
+        addu(&l, (uint64_t)status);
+        adds(&l, " ");
+        addu(&l, bytes);
+        adds(&l, " ");
+        addu(&l, ms);
+        adds(&l, "ms worker=");
+        addu(&l, (uint64_t)w->index);
+        adds(&l, a->handoff ? " handoff=1" : " handoff=0");
+        if (err_code != NULL) {
+            adds(&l, " error=");
+            adds(&l, err_code);
+        }
     }
-    if (r < 0)
-        return;
-    n = FY_MIN(n + (size_t)r, sizeof(line));
-    if (w->access_len + n > ACCESS_BUF)
+    buf[l.n++] = '\n';
+    if (w->access_len + l.n > ACCESS_BUF)
         fy_access_flush(w);
-    memcpy(w->access_buf + w->access_len, line, n);
-    w->access_len += n;
+    memcpy(w->access_buf + w->access_len, buf, l.n);
+    w->access_len += l.n;
     if (!fy_timer_armed(&w->access_timer))
         fy_timer_arm(w->ev, &w->access_timer, ACCESS_FLUSH_MS);
 }
@@ -111,6 +170,8 @@ void fy_access_note(fy_access_t *a, uint64_t now, const fy_h1_request_t *req, co
     memcpy(a->method, req->method, a->method_len);
     a->path_len = (uint16_t)FY_MIN(req->target_len, sizeof(a->path));
     memcpy(a->path, req->target, a->path_len);
-    snprintf(a->tunnel, sizeof(a->tunnel), "%s", tunnel ? tunnel : "");
+    size_t tl = tunnel ? FY_MIN(strlen(tunnel), sizeof(a->tunnel) - 1) : 0;
+    memcpy(a->tunnel, tunnel ? tunnel : "", tl);
+    a->tunnel[tl] = '\0';
     a->handoff = handoff;
 }

@@ -26,6 +26,7 @@
 #include "shm/table.h"
 
 #include <sys/socket.h>
+#include <time.h>
 
 #define FY_TUNNEL_MAX_CONNS 4
 #define FY_SESSION_MAX 64
@@ -196,6 +197,8 @@ struct fy_worker_s {
     unsigned         rr;
     fy_timer_t       retry_timer;     /* handoff retries and tunnel_wait expiry */
     char            *access_buf;      /* access log lines not yet written */
+    char             access_ts[32];   /* the access log's time stamp ... */
+    time_t           access_sec;      /* ... formatted for this second */
     size_t           access_len;
     fy_timer_t       access_timer;
     uint8_t          digest_key[32];  /* for keyed BLAKE2b digests of credentials (random per process) */
