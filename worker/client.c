@@ -925,7 +925,9 @@ forward:
         fy_client_error(c, false, 431, "header_too_large", "the request head is too large to forward");
         return false;
     }
-    fy_tun_data_commit(&c->ac->tun, c->sid, &c->credit, (size_t)hl);
+    /* The head goes whole in one frame, marked: the agent counts requests
+     * (and finds heads to rewrite) without parsing. */
+    fy_tun_data_commit_flags(&c->ac->tun, c->sid, &c->credit, (size_t)hl, FY_MUX_F_HEAD);
     fy_buf_consume(&c->in, (size_t)rc);
     c->judged_ok = false;
     c->head_started = 0;

@@ -32,6 +32,9 @@ enum fy_mux_type {
     FY_MUX_TYPE_MAX = FY_MUX_GOAWAY,
 };
 
+/* DATA flags. */
+#define FY_MUX_F_HEAD 0x01   /* relay -> agent: this frame starts with a whole request head */
+
 /* RST and GOAWAY codes. */
 enum fy_mux_code {
     FY_MUX_RST_CANCEL = 1,       /* the sender gave the stream up (client went away) */

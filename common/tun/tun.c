@@ -222,12 +222,17 @@ uint8_t *fy_tun_data_reserve(fy_tun_t *t, size_t want, size_t *room)
 
 void fy_tun_data_commit(fy_tun_t *t, uint32_t stream, fy_mux_credit_t *sc, size_t n)
 {
+    fy_tun_data_commit_flags(t, stream, sc, n, 0);
+}
+
+void fy_tun_data_commit_flags(fy_tun_t *t, uint32_t stream, fy_mux_credit_t *sc, size_t n, uint8_t flags)
+{
     fy_tun_chunk_t *c = t->tail;
 
     if (n == 0)
         return;
     fy_assert(c != NULL && !c->sealed && (int64_t)n <= sc->send && (int64_t)n <= t->credit.send);
-    fy_mux_put_hdr(c->data + FY_WS_MAX_HEADER + c->len, FY_MUX_DATA, 0, stream, (uint32_t)n);
+    fy_mux_put_hdr(c->data + FY_WS_MAX_HEADER + c->len, FY_MUX_DATA, flags, stream, (uint32_t)n);
     c->len += (uint32_t)(FY_MUX_HDR + n);
     t->queued += FY_MUX_HDR + n;
     fy_mux_credit_sent(sc, (uint32_t)n);
@@ -329,6 +334,8 @@ static void flush_task(fy_ev_t *ev, fy_task_t *task)
 static void handle_mux(fy_tun_t *t, const fy_mux_event_t *e)
 {
     if (e->type == FY_MUX_EV_DATA) {
+        t->data_flags = t->in_data ? 0 : e->hdr.flags;
+        t->in_data = !e->end;
         if (e->len == 0)
             return;
         if (fy_mux_credit_received(&t->credit, (uint32_t)e->len) != FY_OK) {

@@ -64,6 +64,8 @@ struct fy_tun_s {
     uint64_t            last_rx;     /* ms: when the peer last sent anything */
     uint64_t            bytes_rx, bytes_tx;
     uint8_t             ping_seen[8];
+    uint8_t             data_flags;  /* during on_data: the frame's flags on its first slice, else 0 */
+    bool                in_data;     /* a DATA frame's slices are being delivered */
 };
 
 /*
@@ -93,6 +95,8 @@ size_t fy_tun_data_room(const fy_tun_t *t, const fy_mux_credit_t *sc);
  */
 uint8_t *fy_tun_data_reserve(fy_tun_t *t, size_t want, size_t *room);
 void fy_tun_data_commit(fy_tun_t *t, uint32_t stream, fy_mux_credit_t *sc, size_t n);
+/* The same with DATA flags (FY_MUX_F_*). */
+void fy_tun_data_commit_flags(fy_tun_t *t, uint32_t stream, fy_mux_credit_t *sc, size_t n, uint8_t flags);
 
 /* Copy DATA out of p (n <= fy_tun_data_room). */
 int fy_tun_send_data(fy_tun_t *t, uint32_t stream, fy_mux_credit_t *sc, const void *p, size_t n);
