@@ -1,7 +1,10 @@
 /*
  * alog.c: the agent's log lines, with ngrok's field names (t lvl msg obj
  * name addr url err) so that scripts which grep ngrok's logs keep working.
- * Each line is built whole and written with one write(2).
+ * Three formats as ngrok's: logfmt, json (the same fields as one object a
+ * line), and term (log15's human lines, only on a terminal: elsewhere term
+ * means logfmt). Each line is built whole and written with one write(2),
+ * so a pipe reader never sees half a line.
  */
 #include "agent/agent.h"
 
@@ -14,11 +17,32 @@
 
 static int log_fd = -1;
 static enum fy_alog_format log_format = FY_AL_LOGFMT;
+static enum fy_alog_level log_min = FY_AL_INFO;
 
-void fy_alog_setup(int fd, enum fy_alog_format fmt)
+void fy_alog_setup(int fd, enum fy_alog_format fmt, enum fy_alog_level min)
 {
     log_fd = fd;
-    log_format = fmt == FY_AL_TERM ? FY_AL_LOGFMT : fmt;
+    log_min = min;
+    /* term is for a person at a terminal; anywhere else, logfmt. */
+    if (fmt == FY_AL_TERM && (fd < 0 || !isatty(fd)))
+        fmt = FY_AL_LOGFMT;
+    log_format = fmt;
+}
+
+int fy_alog_fd(void) { return log_fd; }
+
+void fy_awrite(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
 }
 
 typedef struct {
@@ -39,7 +63,7 @@ static void adds(line_t *l, const char *s) { add(l, s, strlen(s)); }
 /* logfmt: quote when the value has a space, quote, = or is empty. */
 static void add_logfmt_value(line_t *l, const char *v)
 {
-    bool quote = v[0] == '\0' || strpbrk(v, " \"=\t") != NULL;
+    bool quote = v[0] == '\0' || strpbrk(v, " \"=\t\r\n\\") != NULL;
     const char *p;
     if (!quote) {
         adds(l, v);
@@ -51,6 +75,8 @@ static void add_logfmt_value(line_t *l, const char *v)
             add(l, "\\", 1);
         if (*p == '\n')
             adds(l, "\\n");
+        else if (*p == '\r')
+            adds(l, "\\r");
         else
             add(l, p, 1);
     }
@@ -80,6 +106,8 @@ static void add_json_string(line_t *l, const char *v)
 void fy_alog(enum fy_alog_level lvl, const char *msg, ...)
 {
     static const char *const names[] = {"dbug", "info", "warn", "eror", "crit"};
+    static const char *const upper[] = {"DBUG", "INFO", "WARN", "EROR", "CRIT"};
+    static const int colors[] = {36, 32, 33, 31, 35};
     char ts[40];
     struct tm tm;
     time_t now;
@@ -87,13 +115,27 @@ void fy_alog(enum fy_alog_level lvl, const char *msg, ...)
     va_list ap;
     const char *k;
 
-    if (log_fd < 0)
+    if (log_fd < 0 || lvl < log_min)
         return;
     l.n = 0;
     now = time(NULL);
     localtime_r(&now, &tm);
-    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S%z", &tm);
-    if (log_format == FY_AL_JSON) {
+    if (log_format == FY_AL_TERM) {
+        /* log15: INFO[01-02|15:04:05] msg (padded to 40) k=v ... */
+        char head[64];
+        size_t ml = strlen(msg);
+        strftime(ts, sizeof(ts), "%m-%d|%H:%M:%S", &tm);
+        snprintf(head, sizeof(head), "\033[%dm%s\033[0m[%s] ", colors[lvl], upper[lvl], ts);
+        adds(&l, head);
+        adds(&l, msg);
+        while (ml++ < 40)
+            add(&l, " ", 1);
+    } else {
+        strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S%z", &tm);
+    }
+    if (log_format == FY_AL_TERM) {
+        /* done above */
+    } else if (log_format == FY_AL_JSON) {
         adds(&l, "{\"t\":");
         add_json_string(&l, ts);
         adds(&l, ",\"lvl\":");
@@ -118,6 +160,11 @@ void fy_alog(enum fy_alog_level lvl, const char *msg, ...)
             add_json_string(&l, k);
             add(&l, ":", 1);
             add_json_string(&l, v);
+        } else if (log_format == FY_AL_TERM) {
+            char kc[80];
+            snprintf(kc, sizeof(kc), " \033[%dm%s\033[0m=", colors[lvl], k);
+            adds(&l, kc);
+            add_logfmt_value(&l, v);
         } else {
             add(&l, " ", 1);
             adds(&l, k);
@@ -129,8 +176,7 @@ void fy_alog(enum fy_alog_level lvl, const char *msg, ...)
     if (log_format == FY_AL_JSON)
         add(&l, "}", 1);
     l.b[l.n++] = '\n';
-    while (write(log_fd, l.b, l.n) < 0 && errno == EINTR)
-        ;
+    fy_awrite(log_fd, l.b, l.n);
 }
 
 void fy_aprint(const char *fmt, ...)
@@ -146,6 +192,5 @@ void fy_aprint(const char *fmt, ...)
         return;
     if ((size_t)n >= sizeof(b))
         n = (int)sizeof(b) - 1;
-    while (write(1, b, (size_t)n) < 0 && errno == EINTR)
-        ;
+    fy_awrite(1, b, (size_t)n);
 }

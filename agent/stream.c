@@ -1,9 +1,18 @@
 /*
- * stream.c: one stream on the agent: a non-blocking connection to the
- * local service, bytes spliced both ways. What the service writes is read
- * straight into the tunnel's output (no copy) as far as the relay's credit
- * allows; what the relay sends is written on, and buffered only up to the
- * stream window we granted.
+ * stream.c: one stream on the agent: a non-blocking connection to one
+ * upstream of the tunnel's failover set, bytes spliced both ways. What the
+ * service writes is read straight into the tunnel's output (no copy) as far
+ * as the relay's credit allows; what the relay sends is written on, and
+ * buffered only up to the stream window we granted.
+ *
+ * Until the service accepts the connection, the relay's bytes wait in the
+ * stream; if the upstream refuses (or does not answer the connect in
+ * FY_AGENT_CONNECT_MS), the stream moves to the next pick of the set with
+ * those bytes intact, so the end user sees no error.
+ *
+ * With a Host rewrite the relay's bytes go through raw and the framing of
+ * hostrw.c on their way to out; credit is returned in relay bytes (owed),
+ * as the buffers drain, so the window still bounds what we hold.
  */
 #include "agent/agent.h"
 
@@ -15,17 +24,21 @@
 #include <unistd.h>
 
 #define READS_PER_WAKEUP 4
+/* out may exceed the window by what rewritten heads add. */
+#define OUT_MAX (FY_MUX_STREAM_WINDOW + 64u * 1024)
 
 static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events);
+static void on_connect_timeout(fy_ev_t *ev, fy_timer_t *t);
 static void free_task(fy_ev_t *ev, fy_task_t *t);
 static void update(fy_astream_t *s);
+static void flush_out(fy_astream_t *s);
+static void connect_next(fy_astream_t *s, const char *last_err);
 
 void fy_astream_open(fy_tconn_t *tc, uint32_t id)
 {
     fy_atunnel_t *tn = tc->tn;
     fy_agent_t *a = tn->agent;
     fy_astream_t *s = calloc(1, sizeof(*s));
-    int fd;
 
     if (s == NULL) {
         (void)fy_tun_send_u32(&tc->tun, FY_MUX_RST, id, FY_MUX_RST_INTERNAL, "out of memory");
@@ -36,34 +49,96 @@ void fy_astream_open(fy_tconn_t *tc, uint32_t id)
     s->io.fd = -1;
     s->io.cb = on_io;
     s->io.data = s;
+    s->timer.cb = on_connect_timeout;
+    s->timer.data = s;
     s->free_task.cb = free_task;
     s->free_task.data = s;
+    s->up = -1;
+    s->rewrite = tn->hh_mode != FY_HH_PRESERVE;
+    s->opened_at = fy_ev_now(a->ev);
     fy_mux_credit_init(&s->credit, FY_MUX_STREAM_WINDOW);
     if (fy__tconn_add_stream(tc, s) != FY_OK) {
         free(s);
         (void)fy_tun_send_u32(&tc->tun, FY_MUX_RST, id, FY_MUX_RST_INTERNAL, "out of memory");
         return;
     }
-    if ((fd = fy_net_connect((struct sockaddr *)&tn->up, tn->uplen)) < 0) {
-        char why[400];
-        snprintf(why, sizeof(why), "dial tcp %s: %s", tn->up_name, strerror(errno));
-        fy_astream_close(s, FY_MUX_RST_REFUSED, why);
-        return;
+    tn->streams_open++;
+    fy_meter_mark(&tn->m_conns, 1);
+    fy_status_dirty(a);
+    connect_next(s, NULL);
+}
+
+/* Connect to the next upstream this stream has not tried; RST refused when
+ * none is left (last_err: why the last one failed). */
+static void connect_next(fy_astream_t *s, const char *last_err)
+{
+    fy_atunnel_t *tn = s->tc->tn;
+    fy_agent_t *a = tn->agent;
+    char why[400];
+    int i, fd;
+
+    for (;;) {
+        fy_upstream_t *u;
+        if ((i = fy_upset_pick(&tn->ups, s->tried, true)) < 0) {
+            fy_astream_close(s, FY_MUX_RST_REFUSED, last_err ? last_err : "no upstream");
+            return;
+        }
+        u = &tn->ups.u[i];
+        s->up = i;
+        if ((fd = fy_net_connect((struct sockaddr *)&u->sa, u->salen)) >= 0)
+            break;
+        snprintf(why, sizeof(why), "dial tcp %s: %s", u->name, strerror(errno));
+        fy_upset_failure(&tn->ups, i, why);
+        s->tried |= 1u << i;
+        last_err = why;
     }
     s->io.fd = fd;
-    if (fy_io_set(a->ev, &s->io, EPOLLOUT) != FY_OK)
+    if (fy_io_set(a->ev, &s->io, EPOLLOUT) != FY_OK) {
         fy_astream_close(s, FY_MUX_RST_INTERNAL, "epoll failed");
+        return;
+    }
+    fy_timer_arm(a->ev, &s->timer, FY_AGENT_CONNECT_MS);
+}
+
+/* The current upstream refused before any byte went to it: try the next. */
+static void attempt_failed(fy_astream_t *s, const char *why)
+{
+    fy_atunnel_t *tn = s->tc->tn;
+    char copy[400];
+
+    snprintf(copy, sizeof(copy), "%s", why);
+    fy_timer_stop(tn->agent->ev, &s->timer);
+    fy_io_del(tn->agent->ev, &s->io);
+    close(s->io.fd);
+    s->io.fd = -1;
+    fy_upset_failure(&tn->ups, s->up, copy);
+    s->tried |= 1u << s->up;
+    if (tn->ups.n > 1 && fy_upset_pick(&tn->ups, s->tried, false) >= 0)
+        fy_alog(FY_AL_INFO, "upstream refused, trying the next", "obj", "upstreams", "name", tn->name,
+                "url", tn->ups.u[s->up].url, "err", copy, NULL);
+    connect_next(s, copy);
+}
+
+static void on_connect_timeout(fy_ev_t *ev, fy_timer_t *t)
+{
+    fy_astream_t *s = t->data;
+    char why[400];
+    if (s->closed || s->connected)
+        return;
+    snprintf(why, sizeof(why), "dial tcp %s: i/o timeout", s->tc->tn->ups.u[s->up].name);
+    attempt_failed(s, why);
 }
 
 void fy_astream_close(fy_astream_t *s, uint32_t rst, const char *why)
 {
     fy_tconn_t *tc = s->tc;
-    fy_agent_t *a = tc->tn->agent;
-    size_t unsent = fy_buf_len(&s->out);
+    fy_atunnel_t *tn = tc->tn;
+    fy_agent_t *a = tn->agent;
 
     if (s->closed)
         return;
     s->closed = true;
+    fy_timer_stop(a->ev, &s->timer);
     if (s->io.fd >= 0) {
         fy_io_del(a->ev, &s->io);
         close(s->io.fd);
@@ -72,12 +147,16 @@ void fy_astream_close(fy_astream_t *s, uint32_t rst, const char *why)
     if (rst != 0) {
         (void)fy_tun_send_u32(&tc->tun, FY_MUX_RST, s->id, rst, why);
         if (rst == FY_MUX_RST_REFUSED)
-            fy_alog(FY_AL_WARN, "failed to dial the local service", "obj", "tunnels", "name", tc->tn->name,
+            fy_alog(FY_AL_WARN, "failed to dial the local service", "obj", "tunnels", "name", tn->name,
                     "err", why, NULL);
     }
     /* Bytes we will never write still count against the connection window. */
-    if (unsent > 0)
-        fy_tun_consumed(&tc->tun, 0, NULL, unsent);
+    if (s->owed > 0)
+        fy_tun_consumed(&tc->tun, 0, NULL, (size_t)s->owed);
+    s->owed = 0;
+    tn->streams_open--;
+    fy_sample_add(&tn->d_conns, (double)(fy_ev_now(a->ev) - s->opened_at) * 1e6);
+    fy_status_dirty(a);
     fy_tconn_stream_gone(tc, s);
     fy_task_queue(a->ev, &s->free_task);
 }
@@ -86,6 +165,7 @@ static void free_task(fy_ev_t *ev, fy_task_t *t)
 {
     fy_astream_t *s = t->data;
     fy_buf_free(&s->out);
+    fy_buf_free(&s->raw);
     free(s);
 }
 
@@ -95,25 +175,72 @@ static void maybe_done(fy_astream_t *s)
         fy_astream_close(s, 0, NULL);
 }
 
+/* Return the credit of relay bytes no longer held (in raw or out). */
+static void give_credit(fy_astream_t *s)
+{
+    uint64_t held = fy_buf_len(&s->out) + fy_buf_len(&s->raw);
+    if (s->owed > held) {
+        uint64_t n = s->owed - held;
+        s->owed -= n;
+        fy_tun_consumed(&s->tc->tun, s->id, &s->credit, (size_t)n);
+    }
+}
+
+static void saw_requests(fy_astream_t *s, unsigned heads)
+{
+    fy_atunnel_t *tn = s->tc->tn;
+    if (heads == 0)
+        return;
+    fy_meter_mark(&tn->m_http, heads);
+    if (s->req_at == 0)
+        s->req_at = fy_ev_now(tn->agent->ev);
+    fy_status_dirty(tn->agent);
+}
+
+static const char *rewrite_host(const fy_astream_t *s)
+{
+    const fy_atunnel_t *tn = s->tc->tn;
+    return tn->hh_mode == FY_HH_VALUE ? tn->hh_value : tn->ups.u[s->up].host;
+}
+
+/* Rewrite mode: frame what raw holds into out. FY_ERR closes the stream. */
+static int pump(fy_astream_t *s)
+{
+    unsigned heads = 0;
+    if (fy_rw_pump(&s->rw, &s->raw, &s->out, OUT_MAX, rewrite_host(s), &heads) != FY_OK) {
+        fy_astream_close(s, FY_MUX_RST_PROTOCOL, "the agent could not frame the request to rewrite its Host");
+        return FY_ERR;
+    }
+    saw_requests(s, heads);
+    return FY_OK;
+}
+
 /* Write buffered bytes to the service and return their credit. */
 static void flush_out(fy_astream_t *s)
 {
-    while (!s->closed && fy_buf_len(&s->out) > 0) {
-        ssize_t n = write(s->io.fd, fy_buf_data(&s->out), fy_buf_len(&s->out));
+    for (;;) {
+        ssize_t n;
+        if (s->rewrite && fy_buf_len(&s->raw) > 0 && fy_buf_len(&s->out) < OUT_MAX && pump(s) != FY_OK)
+            return;
+        if (fy_buf_len(&s->out) == 0)
+            break;
+        n = write(s->io.fd, fy_buf_data(&s->out), fy_buf_len(&s->out));
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             if (errno != EAGAIN)
                 fy_astream_close(s, FY_MUX_RST_CANCEL, "write to the service failed");
-            return;
+            break;
         }
+        s->sent_any = true;
         fy_buf_consume(&s->out, (size_t)n);
-        fy_tun_consumed(&s->tc->tun, s->id, &s->credit, (size_t)n);
     }
     if (s->closed)
         return;
+    give_credit(s);
     fy_buf_release_if_empty(&s->out);
-    if (s->fin_rx && !s->shut_wr) {
+    fy_buf_release_if_empty(&s->raw);
+    if (s->fin_rx && !s->shut_wr && fy_buf_len(&s->out) == 0) {
         shutdown(s->io.fd, SHUT_WR);
         s->shut_wr = true;
     }
@@ -127,24 +254,39 @@ void fy_astream_on_data(fy_astream_t *s, const uint8_t *p, size_t n)
         fy_astream_close(s, FY_MUX_RST_FLOW, "data past the stream window");
         return;
     }
+    s->owed += n;
+    if (s->rewrite) {
+        if (fy_buf_append(&s->raw, p, n, FY_MUX_STREAM_WINDOW) != FY_OK) {
+            fy_astream_close(s, FY_MUX_RST_INTERNAL, "out of memory");
+            return;
+        }
+        if (s->connected)
+            flush_out(s);
+        if (!s->closed)
+            update(s);
+        return;
+    }
+    /* The relay marks each frame that begins with a request head: counting
+     * requests costs no parsing when the Host is left alone. */
+    if (s->tc->tun.data_flags & FY_MUX_F_HEAD)
+        saw_requests(s, 1);
     if (s->connected && fy_buf_len(&s->out) == 0) {
         ssize_t w = write(s->io.fd, p, n);
         if (w < 0 && errno != EAGAIN && errno != EINTR) {
-            fy_tun_consumed(&s->tc->tun, 0, NULL, n);
             fy_astream_close(s, FY_MUX_RST_CANCEL, "write to the service failed");
             return;
         }
         if (w > 0) {
-            fy_tun_consumed(&s->tc->tun, s->id, &s->credit, (size_t)w);
+            s->sent_any = true;
             p += w;
             n -= (size_t)w;
         }
     }
     if (n > 0 && fy_buf_append(&s->out, p, n, FY_MUX_STREAM_WINDOW) != FY_OK) {
-        fy_tun_consumed(&s->tc->tun, 0, NULL, n);
         fy_astream_close(s, FY_MUX_RST_INTERNAL, "out of memory");
         return;
     }
+    give_credit(s);
     update(s);
 }
 
@@ -193,6 +335,7 @@ static void read_service(fy_astream_t *s)
         }
         n = read(s->io.fd, dst, got);
         if (n < 0) {
+            fy_tun_data_commit(t, s->id, &s->credit, 0);
             if (errno == EINTR)
                 continue;
             if (errno != EAGAIN)
@@ -200,10 +343,16 @@ static void read_service(fy_astream_t *s)
             return;
         }
         if (n == 0) {
+            fy_tun_data_commit(t, s->id, &s->credit, 0);
             s->fin_tx = true;
             (void)fy_tun_send(t, FY_MUX_FIN, s->id, NULL, 0);
             maybe_done(s);
             return;
+        }
+        if (s->req_at != 0) {
+            fy_atunnel_t *tn = s->tc->tn;
+            fy_sample_add(&tn->d_http, (double)(fy_ev_now(tn->agent->ev) - s->req_at) * 1e6);
+            s->req_at = 0;
         }
         fy_tun_data_commit(t, s->id, &s->credit, (size_t)n);
         if ((size_t)n < got)
@@ -234,10 +383,12 @@ static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
     if (!s->connected) {
         if ((err = fy_net_connect_result(io->fd)) != 0) {
             char why[400];
-            snprintf(why, sizeof(why), "dial tcp %s: %s", s->tc->tn->up_name, strerror(err));
-            fy_astream_close(s, FY_MUX_RST_REFUSED, why);
+            snprintf(why, sizeof(why), "dial tcp %s: %s", s->tc->tn->ups.u[s->up].name, strerror(err));
+            attempt_failed(s, why);
             return;
         }
+        fy_timer_stop(ev, &s->timer);
+        fy_upset_success(&s->tc->tn->ups, s->up);
         s->connected = true;
         flush_out(s);
         update(s);

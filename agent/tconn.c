@@ -2,7 +2,10 @@
  * tconn.c: the agent's tunnel connections to the relay: connect, the
  * WebSocket upgrade, HELLO/READY, heartbeat (PING every 10 s; no frame for
  * 20 s means dead), GOAWAY (connect anew, then retire the old connection),
- * and reconnecting with exponential backoff and jitter (SPEC.md).
+ * and reconnecting with exponential backoff and jitter (SPEC.md). Each
+ * tunnel has its own set of connections; what they learn about the relay
+ * goes to the session (session.c) and to an API call waiting for the
+ * tunnel (api.c).
  */
 #include "agent/agent.h"
 #include "http1/http1.h"
@@ -50,7 +53,7 @@ static unsigned live_conns(const fy_atunnel_t *tn)
     return n;
 }
 
-static bool any_ready(const fy_atunnel_t *tn)
+bool fy_atunnel_any_ready(const fy_atunnel_t *tn)
 {
     const fy_tconn_t *tc;
     for (tc = tn->conns; tc != NULL; tc = tc->next)
@@ -59,11 +62,15 @@ static bool any_ready(const fy_atunnel_t *tn)
     return false;
 }
 
+void fy_tconn_open_wanted(fy_atunnel_t *tn)
+{
+    while (!tn->removed && live_conns(tn) < tn->want_conns)
+        fy_tconn_start(tn);
+}
+
 static void on_reconnect(fy_ev_t *ev, fy_timer_t *t)
 {
-    fy_atunnel_t *tn = t->data;
-    while (live_conns(tn) < tn->want_conns)
-        fy_tconn_start(tn);
+    fy_tconn_open_wanted(t->data);
 }
 
 /* Backoff: base 1 s, doubling, jitter 0.5x..1.5x, capped (SPEC.md). */
@@ -72,21 +79,23 @@ static void schedule_reconnect(fy_atunnel_t *tn)
     fy_agent_t *a = tn->agent;
     uint64_t base, delay;
 
-    if (fy_timer_armed(&tn->reconnect_timer) || live_conns(tn) >= tn->want_conns)
+    if (tn->removed || a->stopping || fy_timer_armed(&tn->reconnect_timer) || live_conns(tn) >= tn->want_conns)
         return;
-    base = tn->backoff_ms ? tn->backoff_ms : 1000;
+    base = tn->backoff_ms ? tn->backoff_ms : a->base_backoff_ms;
     delay = base / 2 + randombytes_uniform((uint32_t)FY_MIN(base, 0xffffffffu) + 1);
     delay = FY_MIN(delay, a->max_backoff_ms);
-    tn->backoff_ms = FY_MIN(base * 2, a->max_backoff_ms);
+    tn->backoff_ms = a->backoff ? FY_MIN(base * 2, a->max_backoff_ms) : base;
     tn->reconnects++;
+    a->reconnects++;
     fy_timer_arm(a->ev, &tn->reconnect_timer, delay);
 }
 
 static void set_state(fy_atunnel_t *tn, enum fy_astate st)
 {
-    if (st == FY_A_DISCONNECTED && any_ready(tn))
+    if (st == FY_A_DISCONNECTED && fy_atunnel_any_ready(tn))
         st = FY_A_CONNECTED;
     tn->state = st;
+    fy_status_dirty(tn->agent);
 }
 
 /* A connection ended; err/body (either may be NULL) say why. */
@@ -113,24 +122,27 @@ static void tconn_close(fy_tconn_t *tc, const char *err, const char *body, bool 
         tc->io.fd = -1;
         fy_task_queue(a->ev, &tc->free_task);
     }
+    if (tn->removed || a->stopping)
+        return;
     if (err != NULL)
         snprintf(tn->last_error, sizeof(tn->last_error), "%s", err);
     if (body != NULL)
         snprintf(tn->last_error_body, sizeof(tn->last_error_body), "%s", body);
     if (was_ready && !tc->draining && !tc->retire) {
-        fy_alog(FY_AL_WARN, "session closed, starting reconnect loop", "obj", "csess", "err",
-                err ? err : "closed", NULL);
         if (fy_ev_now(a->ev) - tc->ready_at >= FY_AGENT_STABLE_MS)
             tn->backoff_ms = 0;
     }
     set_state(tn, is_error ? FY_A_ERROR : FY_A_DISCONNECTED);
+    if (!tc->draining && !tc->retire)
+        fy_session_failed(a, err, body, was_ready);
     schedule_reconnect(tn);
 }
 
 static void free_task(fy_ev_t *ev, fy_task_t *t)
 {
     fy_tconn_t *tc = t->data, **pp;
-    for (pp = &tc->tn->conns; *pp != NULL; pp = &(*pp)->next) {
+    fy_atunnel_t *tn = tc->tn;
+    for (pp = &tn->conns; *pp != NULL; pp = &(*pp)->next) {
         if (*pp == tc) {
             *pp = tc->next;
             break;
@@ -139,6 +151,8 @@ static void free_task(fy_ev_t *ev, fy_task_t *t)
     fy_buf_free(&tc->hbuf);
     free(tc->buckets);
     free(tc);
+    if (tn->conns == NULL)
+        fy__atunnel_conns_gone(tn);
 }
 
 void fy_tconn_start(fy_atunnel_t *tn)
@@ -165,6 +179,7 @@ void fy_tconn_start(fy_atunnel_t *tn)
         char err[512];
         snprintf(err, sizeof(err), "dial tcp %s: %s", a->host_header, strerror(errno));
         fy_alog(FY_AL_ERROR, "failed to reconnect session", "obj", "csess", "err", err, NULL);
+        fy_api_tunnel_failed(tn, 503, "a successful ferry tunnel session has not yet been established", err);
         tconn_close(tc, err, NULL, true);
         return;
     }
@@ -177,7 +192,7 @@ void fy_tconn_start(fy_atunnel_t *tn)
     fy_timer_arm(a->ev, &tc->timer, HANDSHAKE_MS);
 }
 
-void fy_atunnel_stop(fy_atunnel_t *tn)
+void fy_tconn_stop_all(fy_atunnel_t *tn)
 {
     fy_tconn_t *tc;
     fy_timer_stop(tn->agent->ev, &tn->reconnect_timer);
@@ -186,7 +201,7 @@ void fy_atunnel_stop(fy_atunnel_t *tn)
         tconn_close(tc, "agent stopping", NULL, false);
 }
 
-void fy_atunnel_start(fy_atunnel_t *tn)
+void fy__tconn_init_tunnel(fy_atunnel_t *tn)
 {
     tn->reconnect_timer.cb = on_reconnect;
     tn->reconnect_timer.data = tn;
@@ -194,8 +209,6 @@ void fy_atunnel_start(fy_atunnel_t *tn)
         random_id(tn->id);
         tn->random_id = true;
     }
-    while (live_conns(tn) < tn->want_conns)
-        fy_tconn_start(tn);
 }
 
 /* --- the upgrade ---------------------------------------------------------- */
@@ -225,7 +238,7 @@ static int send_upgrade(fy_tconn_t *tc)
 static void send_hello(fy_tconn_t *tc)
 {
     fy_atunnel_t *tn = tc->tn;
-    uint8_t p[512];
+    uint8_t p[1024];
     size_t pl = 0;
     char conns[8];
 
@@ -234,6 +247,9 @@ static void send_hello(fy_tconn_t *tc)
         || fy_mux_kv_put(p, &pl, sizeof(p), "tunnel", tn->id, strlen(tn->id)) != FY_OK
         || fy_mux_kv_put(p, &pl, sizeof(p), "version", FY_VERSION, strlen(FY_VERSION)) != FY_OK
         || fy_mux_kv_put(p, &pl, sizeof(p), "connections", conns, strlen(conns)) != FY_OK
+        /* The relay keeps only a keyed digest of it (SPEC.md). */
+        || (tn->basic_auth[0] != '\0'
+            && fy_mux_kv_put(p, &pl, sizeof(p), "basic_auth", tn->basic_auth, strlen(tn->basic_auth)) != FY_OK)
         || fy_tun_send(&tc->tun, FY_MUX_HELLO, 0, p, pl) != FY_OK)
         tconn_close(tc, "could not send HELLO", NULL, true);
 }
@@ -262,6 +278,11 @@ static void refused(fy_tconn_t *tc, const fy_h1_response_t *r, const uint8_t *bo
         tn->backoff_ms = 0;
         fy_timer_arm(tn->agent->ev, &tn->reconnect_timer, 0);
         return;
+    }
+    {
+        char detail[800];
+        snprintf(detail, sizeof(detail), "%s%s%s", err, text[0] ? ": " : "", text);
+        fy_api_tunnel_failed(tn, 502, "the relay refused the tunnel", detail);
     }
     tconn_close(tc, err, text, true);
 }
@@ -341,6 +362,7 @@ static void on_handshake_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
             char msg[512];
             snprintf(msg, sizeof(msg), "dial tcp %s: %s", tc->tn->agent->host_header, strerror(err));
             fy_alog(FY_AL_ERROR, "failed to reconnect session", "obj", "csess", "err", msg, NULL);
+            fy_api_tunnel_failed(tc->tn, 503, "a successful ferry tunnel session has not yet been established", msg);
             tconn_close(tc, msg, NULL, true);
             return;
         }
@@ -371,7 +393,8 @@ static void on_ready(fy_tconn_t *tc, const fy_mux_event_t *e)
     fy_agent_t *a = tn->agent;
     const char *url;
     size_t ul;
-    bool first = !any_ready(tn);
+    bool first = !fy_atunnel_any_ready(tn);
+    uint64_t ms;
 
     if ((url = fy_mux_kv_get(e->payload, e->len, "url", &ul)) == NULL || ul >= sizeof(tn->public_url)) {
         tconn_close(tc, "READY without a url", NULL, true);
@@ -384,17 +407,21 @@ static void on_ready(fy_tconn_t *tc, const fy_mux_event_t *e)
     tn->last_error_body[0] = '\0';
     memcpy(tn->public_url, url, ul);
     tn->public_url[ul] = '\0';
-    fy_timer_arm(a->ev, &tc->timer, FY_AGENT_PING_MS);
-    if (first) {
-        fy_alog(FY_AL_INFO, "client session established", "obj", "csess", "id", a->session, NULL);
+    /* A first PING soon, so that the latency is known early. */
+    ms = FY_MIN(FY_AGENT_PING_MS, 1000);
+    fy_timer_arm(a->ev, &tc->timer, ms);
+    fy_session_ready(a);
+    if (first)
         fy_alog(FY_AL_INFO, "started tunnel", "obj", "tunnels", "name", tn->name, "addr", tn->addr_display,
                 "url", tn->public_url, NULL);
-    }
+    tn->ever_ready = true;
     if (!tn->announced && a->print_forwarding) {
         fy_aprint("Forwarding                    %s -> %s\n", tn->public_url, tn->addr_display);
         tn->announced = true;
     }
+    fy_status_dirty(a);
     retire_replaced(tn);
+    fy_api_tunnel_ready(tn);
 }
 
 static void on_goaway(fy_tconn_t *tc)
@@ -444,7 +471,9 @@ static void on_frame(fy_tun_t *t, const fy_mux_event_t *e)
     case FY_MUX_PONG:
         if (tc->ping_sent != 0) {
             tc->tn->rtt_ms = fy_ev_now(tc->tn->agent->ev) - tc->ping_sent;
+            tc->tn->agent->rtt_ms = tc->tn->rtt_ms;
             tc->ping_sent = 0;
+            fy_status_dirty(tc->tn->agent);
         }
         return;
     case FY_MUX_GOAWAY:
@@ -482,6 +511,8 @@ static void on_credit(fy_tun_t *t)
 static void on_tun_close(fy_tun_t *t, const char *why)
 {
     fy_tconn_t *tc = t->data;
+    if (tc->state != FY_TC_READY && !tc->closed)
+        fy_api_tunnel_failed(tc->tn, 502, "the relay closed the tunnel connection", why);
     tconn_close(tc, why, NULL, false);
     fy_tun_free(t);
     fy_task_queue(tc->tn->agent->ev, &tc->free_task);
@@ -538,7 +569,6 @@ int fy__tconn_add_stream(fy_tconn_t *tc, fy_astream_t *s)
     s->hnext = *b;
     *b = s;
     tc->nstreams++;
-    tc->tn->streams_total++;
     return FY_OK;
 }
 

@@ -185,6 +185,12 @@ void fy_client_error(fy_client_t *c, bool keep, int status, const char *code, co
     fy_worker_count_error(c->w, fy_error_index(code));
     if (c->pending > 0 && c->acc != NULL) {
         fy_access_log(c->w, c, &c->acc[c->acc_head], status, (uint64_t)n, code);
+        if (!keep) {
+            /* This answer ends the connection's exchanges: no response is
+             * owed any more (nothing may answer or time this one out again). */
+            c->pending = 0;
+            c->waiting_since = 0;
+        }
     } else {
         fy_access_t a;
         memset(&a, 0, sizeof(a));

@@ -112,8 +112,9 @@ static void on_drain_timer(fy_ev_t *ev, fy_timer_t *t)
     hand_over_idle(w);
     for (c = w->clients; c != NULL; c = c->next)
         if (!c->admin && (c->pending > 0 || c->state == FY_C_BODY || c->state == FY_C_TUNNEL
-                          || c->state == FY_C_REGISTER || c->state == FY_C_TUNNEL_WAIT || c->state == FY_C_HANDOFF))
-            busy = true;
+                          || c->state == FY_C_REGISTER || c->state == FY_C_TUNNEL_WAIT || c->state == FY_C_HANDOFF
+                          || c->state == FY_C_VERIFY || (!c->linger && fy_buf_len(&c->out) > 0)))
+            busy = true;   /* including a response still on its way to a slow reader */
     if (!busy || fy_ev_now(ev) >= w->drain_deadline) {
         fy_log_info("worker %d drained, exiting", w->index);
         fy_ev_stop(ev);
