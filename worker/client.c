@@ -739,7 +739,9 @@ static bool park_for_tunnel(fy_client_t *c, const char *id)
     fy_worker_t *w = c->w;
     uint64_t now = fy_ev_now(w->ev);
 
-    if (w->conf->limits.tunnel_wait == 0 || w->draining)
+    /* A draining worker still waits when another generation serves: the
+     * tunnel's agent is moving there (GOAWAY), and the request follows. */
+    if (w->conf->limits.tunnel_wait == 0 || (w->draining && !fy_worker_has_successor(w)))
         return false;
     if (c->wait_until == 0)
         c->wait_until = now + w->conf->limits.tunnel_wait;
@@ -833,7 +835,11 @@ static bool step_head(fy_client_t *c)
         int target;
         if (c->ac != NULL)
             fy_agentconn_end_stream(c, FY_MUX_RST_DONE);
-        if ((req.flags & FY_H1_F_UPGRADE) && (target = least_loaded(c)) >= 0) {
+        /* A draining worker passes an agent's upgrade to a worker that
+         * stays (another generation's, during an upgrade) rather than
+         * refusing it: the agent moving after GOAWAY lands at once. */
+        if ((req.flags & FY_H1_F_UPGRADE)
+            && (target = w->draining ? fy_worker_successor(w) : least_loaded(c)) >= 0) {
             fy_worker_handoff(w, c, target);
             return false;
         }
@@ -884,7 +890,7 @@ static bool step_head(fy_client_t *c)
                 return false;
             }
         }
-        if (ac == NULL && t != NULL)
+        if (ac == NULL && t != NULL && !fy_worker_has_successor(w))
             ac = fy_agentconn_pick_draining(t);
         if (ac == NULL) {
             if (park_for_tunnel(c, id))

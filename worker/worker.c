@@ -23,6 +23,8 @@ static void on_accept(fy_ev_t *ev, fy_io_t *io, uint32_t events)
     fy_listener_t *l = io->data;
     int i;
 
+    if (io->fd < 0)
+        return;   /* closed by a drain earlier in this batch of events */
     for (i = 0; i < ACCEPTS_PER_WAKEUP; i++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
@@ -76,6 +78,16 @@ static int live_worker(fy_worker_t *w)
             return i;
     }
     return -1;
+}
+
+bool fy_worker_has_successor(fy_worker_t *w)
+{
+    return live_worker(w) >= 0;
+}
+
+int fy_worker_successor(fy_worker_t *w)
+{
+    return live_worker(w);
 }
 
 /*

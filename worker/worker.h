@@ -244,6 +244,10 @@ void fy_worker_unregister(fy_worker_t *w, const char *id, uint32_t conn);
 void fy_worker_handoff(fy_worker_t *w, fy_client_t *c, int target);
 /* Re-examine parked clients (a tunnel came up, a deadline passed). */
 void fy_worker_wake(fy_worker_t *w, const char *id);
+/* True when a worker that is not draining can take connections (during an upgrade). */
+bool fy_worker_has_successor(fy_worker_t *w);
+/* Such a worker's index, or -1. */
+int fy_worker_successor(fy_worker_t *w);
 /* Make sure the parked clients are looked at again soon (never recurses). */
 void fy_worker_arm_retry(fy_worker_t *w);
 static inline void fy_worker_count_error(fy_worker_t *w, int idx)
@@ -281,8 +285,9 @@ void fy_tunnel_remove(fy_worker_t *w, fy_tunnel_t *t);
 void fy_agentconn_request(fy_client_t *c, const fy_h1_request_t *req, const char *id, size_t id_len);
 /* Pick a connection of t for a new stream (NULL: none ready). */
 fy_agentconn_t *fy_agentconn_pick(fy_tunnel_t *t);
-/* A connection that is moving away (GOAWAY sent) but still serves: used
- * when the tunnel has no other connection yet. */
+/* A connection that was sent GOAWAY but still serves: only when nothing
+ * can take over (a plain shutdown), never during an upgrade, where the
+ * agent may close it as soon as its replacement is ready. */
 fy_agentconn_t *fy_agentconn_pick_draining(fy_tunnel_t *t);
 /* Attach client c as a new stream of ac (sends OPEN). FY_OK or FY_ERR. */
 int fy_agentconn_open_stream(fy_agentconn_t *ac, fy_client_t *c) FY_MUST_USE;
