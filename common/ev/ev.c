@@ -244,7 +244,9 @@ int fy_ev_run_once(fy_ev_t *ev)
         return errno == EINTR ? FY_OK : FY_ERR;
     for (i = 0; i < n; i++) {
         fy_io_t *io = events[i].data.ptr;
-        io->cb(ev, io, events[i].events);
+        /* An earlier callback of this batch may have removed it. */
+        if (io->added)
+            io->cb(ev, io, events[i].events);
     }
     run_timers(ev);
     return FY_OK;
