@@ -214,6 +214,7 @@ static void request_error(fy_client_t *c, const fy_h1_request_t *req, int status
     bool keep = !(req->flags & FY_H1_F_CLOSE)
         && (req->body == FY_H1_BODY_NONE || (req->body == FY_H1_BODY_LENGTH && req->content_length == 0));
     c->wait_until = 0;   /* the next request waits for its own tunnel afresh */
+    c->hops = 0;         /* and may move again: this one was answered */
     c->err_req = req;
     c->err_tunnel = tunnel;
     fy_client_error(c, keep, status, code, "%s", msg);
@@ -683,9 +684,9 @@ static bool agent_path(const fy_worker_t *w, const fy_h1_request_t *req, const c
 
 /*
  * The worker to hand c to for tunnel id, when another worker holds it, or
- * -1. Owners are taken in turn. A connection moves at most twice before a
- * request of it is served, so a table that changes under it cannot bounce
- * it around.
+ * -1. Owners are taken in turn. A connection moves at most FY_MAX_HOPS
+ * times before a request of it is answered, so a table that changes under
+ * it (an upgrade moves every agent) cannot bounce it around for ever.
  */
 static int owner_elsewhere(fy_client_t *c, const char *id)
 {
@@ -693,7 +694,7 @@ static int owner_elsewhere(fy_client_t *c, const char *id)
     fy_shm_entry_t e;
     uint32_t i;
 
-    if (c->admin || c->hops >= 2 || !fy_shm_lookup(&w->shm, id, &e) || e.nowners == 0)
+    if (c->admin || c->hops >= FY_MAX_HOPS || !fy_shm_lookup(&w->shm, id, &e) || e.nowners == 0)
         return -1;
     for (i = 0; i < e.nowners; i++) {
         const fy_shm_owner_t *o = &e.owners[(w->rr + i) % e.nowners];
@@ -718,7 +719,7 @@ static int least_loaded(fy_client_t *c)
     uint32_t mine = atomic_load(&w->rec->agents), best = mine;
     int k, target = -1;
 
-    if (c->hops >= 2)
+    if (c->hops >= FY_MAX_HOPS)
         return -1;
     for (k = 1; k < w->nworkers; k++) {   /* from the next worker on: ties spread */
         int i = w->base + (w->index - w->base + k) % w->nworkers;

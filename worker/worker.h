@@ -31,6 +31,7 @@
 #define FY_TUNNEL_MAX_CONNS 4
 #define FY_SESSION_MAX 64
 #define FY_PIPELINE_MAX 16        /* requests in flight on one connection */
+#define FY_MAX_HOPS 4             /* handoffs of a connection between two answered requests */
 
 /* What the access log needs of a request until its response is done. */
 typedef struct fy_access_s {
