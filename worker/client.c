@@ -742,7 +742,7 @@ static bool park_for_tunnel(fy_client_t *c, const char *id)
 
     /* A draining worker still waits when another generation serves: the
      * tunnel's agent is moving there (GOAWAY), and the request follows. */
-    if (w->conf->limits.tunnel_wait == 0 || (w->draining && !fy_worker_has_successor(w)))
+    if (w->conf->limits.tunnel_wait == 0 || (w->draining && fy_worker_successor(w) < 0))
         return false;
     if (c->wait_until == 0)
         c->wait_until = now + w->conf->limits.tunnel_wait;
@@ -891,7 +891,7 @@ static bool step_head(fy_client_t *c)
                 return false;
             }
         }
-        if (ac == NULL && t != NULL && !fy_worker_has_successor(w))
+        if (ac == NULL && t != NULL && fy_worker_successor(w) < 0)
             ac = fy_agentconn_pick_draining(t);
         if (ac == NULL) {
             if (park_for_tunnel(c, id))

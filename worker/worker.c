@@ -80,11 +80,6 @@ static int live_worker(fy_worker_t *w)
     return -1;
 }
 
-bool fy_worker_has_successor(fy_worker_t *w)
-{
-    return live_worker(w) >= 0;
-}
-
 int fy_worker_successor(fy_worker_t *w)
 {
     return live_worker(w);

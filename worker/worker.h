@@ -245,9 +245,8 @@ void fy_worker_unregister(fy_worker_t *w, const char *id, uint32_t conn);
 void fy_worker_handoff(fy_worker_t *w, fy_client_t *c, int target);
 /* Re-examine parked clients (a tunnel came up, a deadline passed). */
 void fy_worker_wake(fy_worker_t *w, const char *id);
-/* True when a worker that is not draining can take connections (during an upgrade). */
-bool fy_worker_has_successor(fy_worker_t *w);
-/* Such a worker's index, or -1. */
+/* A worker that is not draining and can take connections (another
+ * generation's, during an upgrade): its index, or -1. */
 int fy_worker_successor(fy_worker_t *w);
 /* Make sure the parked clients are looked at again soon (never recurses). */
 void fy_worker_arm_retry(fy_worker_t *w);

@@ -53,7 +53,6 @@ void fy_ev_free(fy_ev_t *ev)
 }
 
 uint64_t fy_ev_now(const fy_ev_t *ev) { return ev->now; }
-void fy_ev_update_time(fy_ev_t *ev) { ev->now = monotonic_ms(); }
 void fy_ev_stop(fy_ev_t *ev) { ev->stop = true; }
 
 int fy_io_set(fy_ev_t *ev, fy_io_t *io, uint32_t events)

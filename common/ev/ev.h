@@ -51,8 +51,6 @@ void fy_ev_free(fy_ev_t *ev);
 
 /* The loop's cached monotonic time in ms (updated once per iteration). */
 uint64_t fy_ev_now(const fy_ev_t *ev);
-/* Refresh the cached time (after long work). */
-void fy_ev_update_time(fy_ev_t *ev);
 
 /* Register or update io's interest (0 removes it from epoll, keeping the
  * fd open). Returns FY_OK or FY_ERR (errno set). */

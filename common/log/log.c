@@ -17,7 +17,6 @@ static enum fy_log_level log_level = FY_LOG_INFO;
 
 void fy_log_set_fd(int fd) { log_fd = fd; }
 int fy_log_fd(void) { return log_fd; }
-bool fy_log_json(void) { return log_json; }
 void fy_log_set_level(enum fy_log_level lvl) { log_level = lvl; }
 
 int fy_log_open(const char *file, bool json)

@@ -301,7 +301,6 @@ static void flush(fy_tun_t *t)
             fy_tun_close(t, "write failed");
             return;
         }
-        t->bytes_tx += (uint64_t)n;
         t->queued -= (size_t)n;
         while (n > 0) {
             size_t left;
@@ -480,7 +479,6 @@ static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
             return;
         }
         t->in.wpos += (size_t)n;
-        t->bytes_rx += (uint64_t)n;
         t->last_rx = fy_ev_now(ev);
         process_input(t);
         if ((size_t)n < TUN_READ_SIZE)

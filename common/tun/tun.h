@@ -62,8 +62,6 @@ struct fy_tun_s {
     fy_task_t           close_task;
     fy_mux_credit_t     credit;      /* connection-level */
     uint64_t            last_rx;     /* ms: when the peer last sent anything */
-    uint64_t            bytes_rx, bytes_tx;
-    uint8_t             ping_seen[8];
     uint8_t             data_flags;  /* during on_data: the frame's flags on its first slice, else 0 */
     bool                in_data;     /* a DATA frame's slices are being delivered */
 };
