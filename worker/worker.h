@@ -91,6 +91,7 @@ struct fy_agentconn_s {
     fy_timer_t      timer;           /* heartbeat watchdog */
     uint32_t        serial;          /* this worker's number for it (shared-table owner) */
     int             port;            /* listener port the agent came in on */
+    bool            tls;             /* ... and whether over TLS (its public URL is https) */
     char            addr[FY_ADDRSTRLEN];
 };
 

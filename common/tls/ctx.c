@@ -196,7 +196,7 @@ SSL *fy_tls_client_ssl(SSL_CTX *ctx, const char *host)
         goto fail;
     if (SSL_get_verify_mode(ssl) != SSL_VERIFY_NONE) {
         X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
-        if (!(literal ? X509_VERIFY_PARAM_set1_ip_asc(param, host) : X509_VERIFY_PARAM_set1_host(param, host, 0)))
+        if (!(literal ? X509_VERIFY_PARAM_set1_ip_asc(param, host) : X509_VERIFY_PARAM_set1_host(param, host, strlen(host))))
             goto fail;
     }
     SSL_set_connect_state(ssl);
