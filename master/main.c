@@ -708,10 +708,15 @@ int main(int argc, char **argv)
     m.respawn_timer.data = &m;
     if (fy_io_set(m.ev, &m.sigio, EPOLLIN) != FY_OK)
         return 1;
-    fy_log_info("ferryd %s: listening on %s (end users and agents), admin on %s, domain %s, %d workers",
-                FY_VERSION, m.conf->listen[0], m.conf->admin[0] ? m.conf->admin : "(off)", m.conf->domain,
-                m.nworkers);
-    fy_log_info("connect an agent: ferry http 3000 --server ws://%s", m.conf->listen[0]);
+    {
+        const char *plain = m.conf->nlisten > 0 ? m.conf->listen[0] : NULL;
+        const char *tls = m.conf->nlisten_tls > 0 ? m.conf->listen_tls[0] : NULL;
+        fy_log_info("ferryd %s: listening on %s%s%s (end users and agents), admin on %s, domain %s, %d workers",
+                    FY_VERSION, plain ? plain : "", plain && tls ? " and HTTPS " : tls ? "HTTPS " : "",
+                    tls ? tls : "", m.conf->admin[0] ? m.conf->admin : "(off)", m.conf->domain, m.nworkers);
+        fy_log_info("connect an agent: ferry http 3000 --server %s://%s", plain && !m.conf->agents_require_tls
+                    ? "ws" : "wss", plain && !m.conf->agents_require_tls ? plain : tls);
+    }
     for (i = 0; i < m.nworkers; i++)
         spawn_worker(&m, i);
     fy__master_announce(&m);

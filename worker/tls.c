@@ -77,7 +77,7 @@ void fy_tls_terminate(fy_worker_t *w, int fd, int port, const struct sockaddr_st
     h.flags = FY_HANDOFF_F_TLS;
     h.peer = *peer;
     snprintf(h.sni_id, sizeof(h.sni_id), "%s", sni_id);
-    fy_client_adopt(w, app, &h, NULL);
+    fy_client_adopt(w, app, &h, (const uint8_t *)"");
 }
 
 /* The ClientHello is whole: route it on its SNI. */

@@ -17,6 +17,7 @@
 
 #define ACCEPTS_PER_WAKEUP 64
 #define DRAIN_CHECK_MS 100
+#define TLS_QUIET_MS 1000     /* a TLS session this long without a byte is idle */
 
 static void on_accept(fy_ev_t *ev, fy_io_t *io, uint32_t events)
 {
@@ -137,7 +138,7 @@ static void on_drain_timer(fy_ev_t *ev, fy_timer_t *t)
 {
     fy_worker_t *w = t->data;
     fy_client_t *c;
-    bool busy = w->nhellos > 0 || fy_tls_pumps_flushing() > 0;
+    bool busy = w->nhellos > 0 || fy_tls_pumps_busy(fy_ev_now(ev), TLS_QUIET_MS) > 0;
 
     hand_over_idle(w);
     for (c = w->clients; c != NULL; c = c->next)

@@ -216,6 +216,9 @@ static void run(fy_tls_pump_t *p)
     uint32_t net_ev = 0, app_ev = 0;
     bool moved = true;
 
+    /* SSL_get_error and the EOF test read the thread's error queue: it must
+     * hold nothing from another session. */
+    ERR_clear_error();
     p->want_read = p->want_write = false;
     if (!p->handshaken && handshake(p) != FY_OK) {
         if (p->closed)
@@ -331,11 +334,12 @@ fail:
     return NULL;
 }
 
-unsigned fy_tls_pumps_flushing(void)
+unsigned fy_tls_pumps_busy(uint64_t now, uint64_t quiet_ms)
 {
     unsigned n = 0;
     for (fy_tls_pump_t *p = all; p != NULL; p = p->next)
-        n += p->up_len > 0 || p->down_len > 0 || p->want_write || (p->app_eof && !p->shut_sent);
+        n += p->up_len > 0 || p->down_len > 0 || p->want_write || (p->app_eof && !p->shut_sent)
+             || now < p->last_active + quiet_ms;
     return n;
 }
 

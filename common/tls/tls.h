@@ -63,8 +63,9 @@ void fy_tls_pump_forget(fy_tls_pump_t *p);
 
 /* Live pumps in this process. */
 extern uint64_t fy_tls_pumps;
-/* Pumps with plaintext or ciphertext still to deliver (a draining worker
- * waits for them: its TLS sessions cannot move). */
-unsigned fy_tls_pumps_flushing(void);
+/* Pumps with bytes still to deliver, or that moved some in the last
+ * quiet_ms (a draining worker waits for them: its TLS sessions cannot move,
+ * though their plaintext may be served by another generation's worker). */
+unsigned fy_tls_pumps_busy(uint64_t now, uint64_t quiet_ms);
 
 #endif
