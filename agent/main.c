@@ -505,11 +505,14 @@ out:
         fy_timer_stop(a.ev, &a.tick);
         while (a.tunnels != NULL)
             fy_atunnel_remove(a.tunnels);
+        fy_tls_pump_close_all();
         /* Closes queue frees that queue more frees: a few rounds. */
         for (i = 0; i < 6; i++)
             fy_ev_run_tasks(a.ev);
         fy_ev_free(a.ev);
     }
+    if (a.tls_ctx != NULL)
+        SSL_CTX_free(a.tls_ctx);
     if (a.sigio.fd >= 0)
         close(a.sigio.fd);
     if (log_fd > 2)

@@ -511,6 +511,8 @@ int fy_worker_main(const fy_worker_setup_t *st)
     atomic_store(&w.rec->state, FY_SHM_W_UP);
     fy_log_info("worker %d started", w.index);
     fy_ev_run(w.ev);
+    fy_tls_pump_close_all();
+    fy_ev_run_tasks(w.ev);
     if (w.tls_ctx != NULL)
         SSL_CTX_free(w.tls_ctx);
     fy_acl_stop(&w);

@@ -120,8 +120,17 @@ int fy_tls_hello_sni(const uint8_t *p, size_t n, char *sni, size_t cap, const ch
         rl = be16(p + off + 3);
         if (rl == 0 || rl > REC_MAX)
             return fail(why, "bad TLS record length");
-        if (n - off - 5 < rl)
+        if (n - off - 5 < rl) {
+            /* A partial first record already shows what the message is
+             * and how long it claims to be: refuse early what cannot be. */
+            const uint8_t *m = p + off + 5;
+            size_t avail = n - off - 5;
+            if (hl == 0 && avail >= 1 && m[0] != HS_CLIENT_HELLO)
+                return fail(why, "not a ClientHello");
+            if (hl == 0 && avail >= 4 && 4 + ((size_t)m[1] << 16 | (size_t)m[2] << 8 | m[3]) > sizeof(hs))
+                return fail(why, "ClientHello too large");
             goto more;
+        }
         if (rl > sizeof(hs) - hl)
             return fail(why, "ClientHello too large");
         memcpy(hs + hl, p + off + 5, rl);

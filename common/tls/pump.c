@@ -334,6 +334,12 @@ fail:
     return NULL;
 }
 
+void fy_tls_pump_close_all(void)
+{
+    while (all != NULL)
+        pump_close(all, "the process is exiting");
+}
+
 unsigned fy_tls_pumps_busy(uint64_t now, uint64_t quiet_ms)
 {
     unsigned n = 0;

@@ -61,6 +61,9 @@ fy_tls_pump_t *fy_tls_pump_start(fy_ev_t *ev, SSL *ssl, int net_fd, int *app_fd,
 /* The caller goes away before the handshake is done: no callback then. */
 void fy_tls_pump_forget(fy_tls_pump_t *p);
 
+/* At exit: close every session (their frees are queued tasks). */
+void fy_tls_pump_close_all(void);
+
 /* Live pumps in this process. */
 extern uint64_t fy_tls_pumps;
 /* Pumps with bytes still to deliver, or that moved some in the last

@@ -209,7 +209,14 @@ Test(tls_hello, bounded)
     const uint8_t head[4] = {1, 0x00, 0x30, 0x00};              /* a 12 KiB ClientHello... */
     size_t o = 0, k = 0;
 
+    /* Told by the first bytes of a record that has not all arrived. */
+    uint8_t early[] = {22, 3, 1, 0x40, 0x00, 1, 0x10, 0x00, 0x00};
+    uint8_t early_type[] = {22, 3, 1, 0x40, 0x00, 2};
+
     cr_assert_eq(sni_of(big, sizeof(big), sni), FY_ERR);
+    cr_assert_eq(sni_of(early, sizeof(early), sni), FY_ERR);
+    cr_assert_eq(sni_of(early, sizeof(early) - 1, sni), FY_AGAIN);
+    cr_assert_eq(sni_of(early_type, sizeof(early_type), sni), FY_ERR);
     while (o + 6 <= sizeof(buf)) {               /* ...sent one byte per record */
         buf[o++] = 22; buf[o++] = 3; buf[o++] = 1; buf[o++] = 0; buf[o++] = 1;
         buf[o++] = k < 4 ? head[k] : 0x7f;
