@@ -269,7 +269,7 @@ static void free_task(fy_ev_t *ev, fy_task_t *t)
     fy_client_t *c = t->data;
     fy_buf_free(&c->in);
     fy_buf_free(&c->out);
-    free(c->acc);
+    fy_access_ring_put(c->acc);
     free(c);
 }
 
@@ -320,6 +320,12 @@ static void resp_done(fy_client_t *c)
     c->resp_started = false;
     c->rstate = FY_R_HEAD;
     c->waiting_since = c->pending > 0 ? fy_ev_now(c->w->ev) : 0;
+    if (c->pending == 0 && c->acc != NULL) {
+        /* An idle keep-alive connection holds no ring. */
+        fy_access_ring_put(c->acc);
+        c->acc = NULL;
+        c->acc_head = 0;
+    }
 }
 
 /* Drop the unscanned tail (a bad response head) and return its credit. */
@@ -945,7 +951,7 @@ forward:
     c->judged_ok = false;
     c->head_started = 0;
     if (c->acc == NULL)
-        c->acc = calloc(FY_PIPELINE_MAX, sizeof(*c->acc));   /* once per connection */
+        c->acc = fy_access_ring_get();   /* while requests are pending */
     if (c->acc != NULL)
         fy_access_note(&c->acc[(c->acc_head + c->pending) % FY_PIPELINE_MAX], fy_ev_now(w->ev), &req, id,
                        c->hops > 0);
