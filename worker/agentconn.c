@@ -343,6 +343,7 @@ int fy_agentconn_open_stream(fy_agentconn_t *ac, fy_client_t *c)
     c->ac = ac;
     fy_mux_credit_init(&c->credit, FY_MUX_STREAM_WINDOW);
     c->fin_rx = c->fin_tx = false;
+    c->svc_keep = true;
     c->rstate = FY_R_HEAD;
     b = bucket(ac, c->sid);
     c->snext = *b;
@@ -369,6 +370,11 @@ void fy_agentconn_end_stream(fy_client_t *c, uint32_t code)
     ac->nstreams--;
     if (ac->tunnel)
         ac->tunnel->nstreams--;
+    /* Ended between messages, nothing owed either way, nobody asked to
+     * close: the agent may keep its connection to the service. */
+    if (code == FY_MUX_RST_DONE && c->svc_keep && c->pending == 0 && c->rstate == FY_R_HEAD && !c->fin_rx
+        && c->out_unscanned == 0 && c->state != FY_C_BODY && c->state != FY_C_UPGRADE && c->state != FY_C_TUNNEL)
+        code = FY_MUX_RST_IDLE;
     if (code != 0 && !ac->tun.closed)
         (void)fy_tun_send_u32(&ac->tun, FY_MUX_RST, c->sid, code, NULL);
     /* Bytes of this stream still waiting for the client no longer count

@@ -403,7 +403,7 @@ static void scan_response(fy_client_t *c)
             if (c->state == FY_C_UPGRADE)
                 c->state = FY_C_HEAD;
             if (r.flags & FY_H1_F_CLOSE)
-                c->close_after = true;
+                c->close_after = true, c->svc_keep = false;
             switch (r.body) {
             case FY_H1_BODY_NONE:
                 resp_done(c);
@@ -421,6 +421,7 @@ static void scan_response(fy_client_t *c)
             case FY_H1_BODY_UNTIL_CLOSE:
                 c->rstate = FY_R_CLOSE;
                 c->close_after = true;
+                c->svc_keep = false;
                 break;
             }
             break;
@@ -947,6 +948,8 @@ forward:
     /* The head goes whole in one frame, marked: the agent counts requests
      * (and finds heads to rewrite) without parsing. */
     fy_tun_data_commit_flags(&c->ac->tun, c->sid, &c->credit, (size_t)hl, FY_MUX_F_HEAD);
+    if (req.minor == 0 || (req.flags & (FY_H1_F_UPGRADE | FY_H1_F_CONNECT)))
+        c->svc_keep = false;   /* the service may close after this one (route.c) */
     fy_buf_consume(&c->in, (size_t)rc);
     c->judged_ok = false;
     c->head_started = 0;

@@ -158,6 +158,7 @@ struct fy_client_s {
     fy_mux_credit_t  credit;
     bool             fin_rx;          /* agent sent FIN */
     bool             fin_tx;          /* we sent FIN */
+    bool             svc_keep;        /* neither side of the service connection asked to close it */
     char             tunnel_id[FY_ID_MAX + 1];
     /* response side */
     enum fy_resp_state rstate;

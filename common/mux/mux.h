@@ -44,6 +44,8 @@ enum fy_mux_code {
     FY_MUX_RST_FLOW = 5,         /* the peer sent more than its credit */
     FY_MUX_RST_INTERNAL = 6,
     FY_MUX_RST_DONE = 7,         /* relay: the end-user connection moved on; close quietly */
+    FY_MUX_RST_IDLE = 8,         /* relay: as DONE, and the service connection sits between messages
+                                    with nothing owed either way: the agent may keep it for another stream */
     FY_MUX_GOAWAY_DRAIN = 1,     /* relay shutting down or reloading: reconnect */
 };
 
