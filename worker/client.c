@@ -356,6 +356,26 @@ static void bad_response(fy_client_t *c, const char *why)
                         c->tunnel_id, why);
 }
 
+/*
+ * The relay closes after this final response (the end user asked to, and
+ * the service was not told: route.c): say so in it (RFC 9112 §9.6), before
+ * the blank line that ends the head at `at` in out. Best effort.
+ */
+static void say_close(fy_client_t *c, size_t at)
+{
+    static const char h[] = "Connection: close\r\n";
+    size_t n = sizeof(h) - 1, rel = at - c->out.rpos;   /* reserve may compact the buffer */
+    uint8_t *q;
+
+    if (fy_buf_reserve(&c->out, n, CLIENT_OUT_MAX + 64) != FY_OK)
+        return;
+    q = fy_buf_data(&c->out) + rel;
+    memmove(q + n, q, fy_buf_len(&c->out) - rel);
+    memcpy(q, h, n);
+    c->out.wpos += n;
+    c->resp_bytes += n;
+}
+
 /* Frame the bytes that arrived; returns false if the client went away. */
 static void scan_response(fy_client_t *c)
 {
@@ -400,6 +420,8 @@ static void scan_response(fy_client_t *c)
             }
             if (r.status < 200)
                 break;  /* interim: the final response follows */
+            if (c->close_after && c->pending == 1 && !(r.flags & FY_H1_F_CLOSE))
+                say_close(c, (size_t)(p - c->out.base) + (size_t)rc - 2);
             if (c->state == FY_C_UPGRADE)
                 c->state = FY_C_HEAD;
             if (r.flags & FY_H1_F_CLOSE)

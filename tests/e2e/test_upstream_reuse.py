@@ -175,3 +175,19 @@ def test_post_is_not_sent_twice(relay, agent_factory, conn_origin):
     assert len(o.seen) == 1 and o.dropped == 1, (o.seen, o.dropped)
     # The next one dials afresh.
     assert close_request(relay, host, "POST", b"three").status == 200
+
+
+def test_close_is_said_in_the_response(relay, agent_factory, conn_origin):
+    """The service was not told the end user asked to close; the relay says
+    it in the final response (RFC 9112 §9.6), once, and only in the last
+    one of a keep-alive connection."""
+    o = conn_origin()
+    agent = agent_factory(relay, target=o.port, subdomain="say")
+    host = relay.host(agent.id)
+    with RawConn(relay.port, timeout=wait(15)) as c:
+        r1 = c.request("GET", "/a", host)
+        r2 = c.request("GET", "/b", host, headers=[("Connection", "close")])
+        assert c.closed_by_peer(wait(5))
+    assert r1.status == 200 and r1.header("Connection") is None, r1
+    assert r2.status == 200 and r2.header_all("Connection") == ["close"], r2
+    assert "connection=None" in r2.text, r2.text
