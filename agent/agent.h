@@ -28,7 +28,7 @@
 #define FY_AGENT_MAX_UPSTREAMS 16
 #define FY_AGENT_CONNECT_MS 10000    /* connecting to an upstream takes at most this long */
 #define FY_AGENT_SAMPLES   1028      /* durations kept for percentiles (as go-metrics) */
-#define FY_AGENT_IDLE_MAX  16        /* idle connections kept per upstream (relay said RST idle) */
+#define FY_AGENT_IDLE_MAX  64        /* idle connections kept per upstream (relay said RST idle) */
 #define FY_AGENT_IDLE_MS   1000      /* ... for at most this long: under every usual keep-alive timeout */
 
 typedef struct fy_agent_s fy_agent_t;
@@ -247,7 +247,7 @@ typedef struct fy_upstream_s {
     uint64_t        streams;         /* streams it was chosen for */
     fy_probe_t      probe;
     fy_timer_t      probe_timer;
-    fy_aidle_t      idle[FY_AGENT_IDLE_MAX];  /* idle keep-alive connections (io.fd -1: a free place) */
+    fy_aidle_t      idle[FY_AGENT_IDLE_MAX];  /* idle keep-alive connections: a stack, idle[0..nidle) */
     unsigned        nidle;
     fy_timer_t      idle_timer;      /* closes those idle for FY_AGENT_IDLE_MS */
 } fy_upstream_t;
@@ -277,10 +277,12 @@ int fy_upset_init(fy_upset_t *set, fy_ev_t *ev, const fy_tcfg_t *tc, const char 
 /* Stop probes (before the set is freed). */
 void fy_upset_fini(fy_upset_t *set);
 /* A connection to u the relay ended a stream on at a message boundary (RST
- * idle): keep it for a later stream (takes fd; closes it when the pool is
- * full or it is not clean). fy_upstream_take_idle: one of them, or -1. */
-void fy_upstream_keep_idle(fy_upstream_t *u, int fd);
-int fy_upstream_take_idle(fy_upstream_t *u);
+ * idle): keep it for a later stream (takes from's fd and registration;
+ * closes it when the pool is full or it is not clean).
+ * fy_upstream_take_idle: hand one over to `to` (fd set, in the loop for
+ * EPOLLIN), or false when none is kept. */
+void fy_upstream_keep_idle(fy_upstream_t *u, fy_io_t *from);
+bool fy_upstream_take_idle(fy_upstream_t *u, fy_io_t *to);
 /*
  * The upstream for a new stream or its next attempt: tried is the mask of
  * upstreams this stream already failed on. Returns an index, or -1 when

@@ -87,10 +87,9 @@ static void connect_next(fy_astream_t *s, const char *last_err)
         }
         u = &tn->ups.u[i];
         s->up = i;
-        if (!s->sent_any && (fd = fy_upstream_take_idle(u)) >= 0) {
+        if (!s->sent_any && fy_upstream_take_idle(u, &s->io)) {
             /* A kept connection: no dial, nothing to wait for. */
             fy_buf_t *held = s->rewrite ? &s->raw : &s->out;
-            s->io.fd = fd;
             s->connected = true;
             s->reused = true;
             /* What waits for it (nothing sent yet) is the start of the replay. */
@@ -236,8 +235,7 @@ void fy_astream_idle(fy_astream_t *s)
     if (s->connected && s->up >= 0 && !s->fin_rx && !s->fin_tx && !s->shut_wr && !s->blocked
         && fy_buf_len(&s->out) == 0 && fy_buf_len(&s->raw) == 0 && (!s->rewrite || s->rw.state == FY_RW_HEAD)) {
         u = &s->tc->tn->ups.u[s->up];
-        fy_io_del(s->tc->tn->agent->ev, &s->io);
-        fy_upstream_keep_idle(u, s->io.fd);
+        fy_upstream_keep_idle(u, &s->io);
         s->io.fd = -1;
     }
     fy_astream_close(s, 0, NULL);

@@ -143,6 +143,7 @@ int fy_upstream_parse(fy_upstream_t *u, const char *arg, char *err, size_t errle
 static void on_probe_timer(fy_ev_t *ev, fy_timer_t *t);
 static void on_probe(fy_probe_t *p, int status, const char *body, size_t blen, const char *err);
 static void on_idle_timer(fy_ev_t *ev, fy_timer_t *t);
+static void on_idle_io(fy_ev_t *ev, fy_io_t *io, uint32_t events);
 
 int fy_upset_init(fy_upset_t *set, fy_ev_t *ev, const fy_tcfg_t *tc, const char *tunnel, char *err, size_t errlen)
 {
@@ -169,6 +170,8 @@ int fy_upset_init(fy_upset_t *set, fy_ev_t *ev, const fy_tcfg_t *tc, const char 
         u->idle_timer.data = u;
         for (unsigned k = 0; k < FY_AGENT_IDLE_MAX; k++) {
             u->idle[k].io.fd = -1;
+            u->idle[k].io.cb = on_idle_io;
+            u->idle[k].io.data = &u->idle[k];
             u->idle[k].u = u;
         }
         set->n++;
@@ -192,12 +195,27 @@ int fy_upset_init(fy_upset_t *set, fy_ev_t *ev, const fy_tcfg_t *tc, const char 
  * 75 s, Node 5 s, gunicorn 2 s), so the service never closes one just as it
  * is reused. */
 
+/* The pool is a stack, idle[0..nidle), the most recently kept on top. */
 static void idle_drop(fy_aidle_t *e)
 {
-    fy_io_del(e->u->set->ev, &e->io);
+    fy_upstream_t *u = e->u;
+    fy_aidle_t *last = &u->idle[u->nidle - 1];
+
+    fy_io_del(u->set->ev, &e->io);
     close(e->io.fd);
     e->io.fd = -1;
-    e->u->nidle--;
+    if (e != last) {
+        /* The top fills the hole (an event of this batch for it is then
+         * skipped; the loop reports it again). */
+        if (fy_io_move(u->set->ev, &last->io, &e->io, EPOLLIN) == FY_OK) {
+            e->since = last->since;
+        } else {
+            fy_io_del(u->set->ev, &last->io);
+            close(last->io.fd);
+        }
+        last->io.fd = -1;
+    }
+    u->nidle--;
 }
 
 /* The service closed it (or sent bytes nobody asked for): drop it. */
@@ -212,69 +230,60 @@ static void on_idle_timer(fy_ev_t *ev, fy_timer_t *t)
 {
     fy_upstream_t *u = t->data;
     uint64_t now = fy_ev_now(ev), oldest = 0;
-    unsigned i;
+    unsigned i = 0;
 
-    for (i = 0; i < FY_AGENT_IDLE_MAX; i++) {
+    while (i < u->nidle) {
         fy_aidle_t *e = &u->idle[i];
-        if (e->io.fd < 0)
+        if (now - e->since >= FY_AGENT_IDLE_MS) {
+            idle_drop(e);   /* the top moved here: look at i again */
             continue;
-        if (now - e->since >= FY_AGENT_IDLE_MS)
-            idle_drop(e);
-        else if (oldest == 0 || e->since < oldest)
+        }
+        if (oldest == 0 || e->since < oldest)
             oldest = e->since;
+        i++;
     }
     if (u->nidle > 0)
         fy_timer_arm_at(ev, t, oldest + FY_AGENT_IDLE_MS);
 }
 
-void fy_upstream_keep_idle(fy_upstream_t *u, int fd)
+void fy_upstream_keep_idle(fy_upstream_t *u, fy_io_t *from)
 {
     fy_ev_t *ev = u->set->ev;
-    fy_aidle_t *e = NULL;
-    unsigned i;
+    fy_aidle_t *e = &u->idle[u->nidle];
     uint8_t b;
 
-    for (i = 0; i < FY_AGENT_IDLE_MAX && e == NULL; i++)
-        if (u->idle[i].io.fd < 0)
-            e = &u->idle[i];
     /* Nothing may be waiting on it: no close, no early bytes of an answer. */
-    if (e == NULL || recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) != -1 || errno != EAGAIN) {
-        close(fd);
+    if (u->nidle == FY_AGENT_IDLE_MAX || recv(from->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) != -1 || errno != EAGAIN
+        || fy_io_move(ev, from, &e->io, EPOLLIN) != FY_OK) {
+        fy_io_del(ev, from);
+        close(from->fd);
+        if (u->nidle < FY_AGENT_IDLE_MAX)
+            e->io.fd = -1;
         return;
     }
-    e->u = u;
     e->since = fy_ev_now(ev);
-    e->io.fd = fd;
-    e->io.cb = on_idle_io;
-    e->io.data = e;
-    if (fy_io_set(ev, &e->io, EPOLLIN) != FY_OK) {
-        close(fd);
-        e->io.fd = -1;
-        return;
-    }
     u->nidle++;
     if (!fy_timer_armed(&u->idle_timer))
         fy_timer_arm(ev, &u->idle_timer, FY_AGENT_IDLE_MS);
 }
 
-int fy_upstream_take_idle(fy_upstream_t *u)
+bool fy_upstream_take_idle(fy_upstream_t *u, fy_io_t *to)
 {
-    fy_aidle_t *e = NULL;
-    unsigned i;
-    int fd;
+    fy_aidle_t *e;
 
     if (u->nidle == 0)
-        return -1;
-    /* The most recently used: the least likely to be timed out. */
-    for (i = 0; i < FY_AGENT_IDLE_MAX; i++)
-        if (u->idle[i].io.fd >= 0 && (e == NULL || u->idle[i].since > e->since))
-            e = &u->idle[i];
-    fy_io_del(u->set->ev, &e->io);
-    fd = e->io.fd;
+        return false;
+    /* The top: the most recently used, the least likely to be timed out. */
+    e = &u->idle[u->nidle - 1];
+    if (fy_io_move(u->set->ev, &e->io, to, EPOLLIN) != FY_OK) {
+        idle_drop(e);
+        to->fd = -1;
+        return false;
+    }
     e->io.fd = -1;
     if (--u->nidle == 0)
         fy_timer_stop(u->set->ev, &u->idle_timer);
-    return fd;
+    return true;
 }
 
 void fy_upset_fini(fy_upset_t *set)
@@ -285,9 +294,8 @@ void fy_upset_fini(fy_upset_t *set)
         fy_probe_cancel(&set->u[i].probe);
         fy_buf_free(&set->u[i].probe.buf);
         fy_timer_stop(set->ev, &set->u[i].idle_timer);
-        for (unsigned k = 0; k < FY_AGENT_IDLE_MAX; k++)
-            if (set->u[i].idle[k].io.fd >= 0)
-                idle_drop(&set->u[i].idle[k]);
+        while (set->u[i].nidle > 0)
+            idle_drop(&set->u[i].idle[set->u[i].nidle - 1]);
     }
 }
 

@@ -19,10 +19,13 @@ class ConnOrigin:
     number of the TCP connection it came on, the Connection header it saw
     and the body's sha256. one_per_conn: after its first answer a connection
     is kept open but closed, unanswered, when a second request arrives (a
-    keep-alive connection the server dropped just as it was reused)."""
+    keep-alive connection the server dropped just as it was reused).
+    idle_close: an answered connection idle this long is closed (a server's
+    keep-alive timeout)."""
 
-    def __init__(self, one_per_conn=False):
+    def __init__(self, one_per_conn=False, idle_close=None):
         self.one_per_conn = one_per_conn
+        self.idle_close = idle_close   # seconds an answered connection may sit idle
         self.lock = threading.Lock()
         self.conns = 0
         self.dropped = 0
@@ -77,6 +80,8 @@ class ConnOrigin:
                                                                 hashlib.sha256(body).hexdigest(), len(body))).encode()
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(out) + out)
                 answered += 1
+                if self.idle_close is not None:
+                    c.settimeout(self.idle_close)
         except OSError:
             pass
         finally:
@@ -191,3 +196,21 @@ def test_close_is_said_in_the_response(relay, agent_factory, conn_origin):
     assert r1.status == 200 and r1.header("Connection") is None, r1
     assert r2.status == 200 and r2.header_all("Connection") == ["close"], r2
     assert "connection=None" in r2.text, r2.text
+
+
+def test_kept_connections_the_service_times_out_are_dropped(relay, agent_factory, conn_origin):
+    """Several kept connections, all closed by the service's keep-alive
+    timeout while idle: the agent drops them (any order), and the next
+    requests dial afresh with no error."""
+    from concurrent.futures import ThreadPoolExecutor
+    import time
+    o = conn_origin(idle_close=0.2)
+    agent = agent_factory(relay, target=o.port, subdomain="timeout")
+    host = relay.host(agent.id)
+    for rnd in range(3):
+        with ThreadPoolExecutor(8) as ex:
+            got = list(ex.map(lambda _: close_request(relay, host).status, range(24)))
+        assert got == [200] * 24, got
+        time.sleep(0.5)   # past the service's timeout, under the agent's 1 s
+    assert len(o.seen) == 72
+    assert worker_deaths(relay) == []
