@@ -10,6 +10,9 @@ default auto):
                 each), then a sample of the tunnels must answer a request
                 with their own id
   idle-client   build/tools/swarm clients: N TCP connections that send nothing
+  kept-client   the same, but each first makes one request through a tunnel
+                (a swarm agent) and then stays idle, kept alive: what an idle
+                keep-alive end user costs once it has been served
 
 Memory: the sum over the master and all workers of PSS (Pss of
 /proc/PID/smaps_rollup: private pages whole, shared pages split among the
@@ -19,7 +22,7 @@ N. RSS (the same sum of Rss, which counts shared pages once per process) is
 printed next to it. Kernel socket buffers are not process memory and are
 not counted.
 
-  tools/bench_idle.py [--json] [--only tunnel|client]
+  tools/bench_idle.py [--json] [--only tunnel|client|kept-client]
 
 Environment: FERRY_IDLE_N (default 10000), FERRY_IDLE_WORKERS (default: the
 embedded auto), FERRY_BIN_DIR, FERRY_BUILD. Prints one table (or JSON on
@@ -42,7 +45,7 @@ BIN_DIR = os.environ.get("FERRY_BIN_DIR") or ROOT
 BUILD = os.environ.get("FERRY_BUILD") or os.path.join(ROOT, "build")
 FERRYD = os.path.join(BIN_DIR, "ferryd")
 SWARM = os.path.join(BUILD, "tools", "swarm")
-TARGET = {"tunnel": 8192, "client": 4096}
+TARGET = {"tunnel": 8192, "client": 4096, "kept-client": 4096}
 
 
 def free_port():
@@ -115,7 +118,8 @@ class Relay:
             f.write('listen: ["127.0.0.1:%d"]\nadmin: "127.0.0.1:%d"\n' % (self.port, self.admin))
             if workers:
                 f.write("workers: %s\n" % workers)
-            f.write("limits:\n  header_timeout: 600s\n  idle_timeout: 600s\n  max_tunnels: 65536\n")
+            f.write("limits:\n  header_timeout: 600s\n  idle_timeout: 600s\n  max_tunnels: 65536\n"
+                    "  max_streams_per_tunnel: 65536\n")
             f.write("log: {file: %s}\n" % os.path.join(workdir, "ferryd.log"))
         self.proc = subprocess.Popen([FERRYD, "-c", cfg], stdout=subprocess.DEVNULL,
                                      stderr=open(os.path.join(workdir, "ferryd.stderr"), "w"))
@@ -142,10 +146,11 @@ class Relay:
                 self.proc.wait()
 
 
-def run_swarm(kind, relay, n, check=None):
+def run_swarm(kind, relay, n, check=None, extra_args=()):
     """Start the swarm, wait for its ready line, measure, check, stop it.
     Returns (ready line, done line, extra dict)."""
-    argv = [SWARM, "agents" if kind == "tunnel" else "clients", "-n", str(n), "-d", "300", "127.0.0.1:%d" % relay.port]
+    argv = [SWARM, "agents" if kind == "tunnel" else "clients", "-n", str(n), "-d", "300"] + list(extra_args) + \
+        ["127.0.0.1:%d" % relay.port]
     sw = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     extra = {}
     try:
@@ -190,14 +195,30 @@ def measure(kind, n, workers):
                         bad.append((tid, st, body[:80]))
                 return {"sampled": len(sample), "bad": bad}
 
-            ready, done, rc, err, extra = run_swarm(kind, relay, n, check_tunnels if kind == "tunnel" else None)
+            if kind == "kept-client":
+                # One tunnel to be served by, up (and used once) before the baseline.
+                agent = subprocess.Popen([SWARM, "agents", "-n", "1", "-p", "ka", "-d", "300",
+                                          "127.0.0.1:%d" % relay.port], stdout=subprocess.PIPE, text=True)
+                try:
+                    assert agent.stdout.readline().startswith("ready agents=1 "), "the swarm agent did not come up"
+                    host = "ka-0.localhost:%d" % relay.port
+                    assert http_get(relay.port, host)[0] == 200
+                    time.sleep(0.5)
+                    base = memory(relay.proc.pid)
+                    ready, done, rc, err, extra = run_swarm("client", relay, n, None, ["-H", host])
+                finally:
+                    agent.send_signal(signal.SIGTERM)
+                    agent.communicate(timeout=20)
+            else:
+                ready, done, rc, err, extra = run_swarm(kind, relay, n, check_tunnels if kind == "tunnel" else None)
         finally:
             relay.stop()
     r, dn = kv(ready), kv(done)
     up = int(r.get("agents" if kind == "tunnel" else "clients", 0))
+    kind_row = kind
     pss, rss, nproc = extra["mem"]
     row = {
-        "row": "idle-" + kind, "n": n, "up": up, "failed": int(r.get("failed", 0)),
+        "row": kind_row if kind == "kept-client" else "idle-" + kind, "n": n, "up": up, "failed": int(r.get("failed", 0)),
         "alive": int(dn.get("alive", 0)), "seconds": float(r.get("seconds", 0)), "processes": nproc,
         "pss_base_kib": base[0], "pss_kib": pss, "rss_base_kib": base[1], "rss_kib": rss,
         "bytes_per_conn_pss": round((pss - base[0]) * 1024.0 / max(up, 1)),
@@ -222,7 +243,7 @@ def main():
     n = int(os.environ.get("FERRY_IDLE_N", "10000"))
     workers = os.environ.get("FERRY_IDLE_WORKERS")
     rows = []
-    for kind in ("tunnel", "client"):
+    for kind in ("tunnel", "client", "kept-client"):
         if only and only != kind:
             continue
         print("bench-idle: %d idle %ss ..." % (n, kind), file=sys.stderr)

@@ -4,7 +4,7 @@
  * (issue 10) and to check that thousands of tunnels work at once.
  *
  *   swarm agents  [-n N] [-p PREFIX] [-c PARALLEL] [-d SECONDS] [-P AGENT_PATH] HOST:PORT
- *   swarm clients [-n N] [-c PARALLEL] [-d SECONDS] HOST:PORT
+ *   swarm clients [-n N] [-c PARALLEL] [-d SECONDS] [-H HOST] HOST:PORT
  *
  * agents: N tunnel connections to the relay at HOST:PORT (an IPv4
  * address, loopback in tests), each its own tunnel PREFIX-I (I = 0..N-1,
@@ -19,7 +19,9 @@
  * bodiless requests (GET, HEAD-less) are understood: a request ends at its
  * blank line.
  *
- * clients: N TCP connections to HOST:PORT that send nothing.
+ * clients: N TCP connections to HOST:PORT that send nothing; with -H HOST,
+ * each first sends one request (GET /swarm, Host: HOST), reads its whole 200
+ * answer and then stays idle on the kept-alive connection.
  *
  * At most PARALLEL (default 128) connections are being set up at a time.
  * Once every connection is up or has failed, one line goes to stdout:
@@ -87,6 +89,7 @@ static struct {
     bool                agents;
     uint32_t            n, parallel;
     const char         *prefix, *path;
+    const char         *host;       /* clients -H: one request with this Host first */
     char                hostport[64];
     struct sockaddr_in  addr;
     char                session[33];
@@ -110,7 +113,7 @@ static void on_signal(int sig)
 static void usage(void)
 {
     fprintf(stderr, "usage: swarm agents [-n N] [-p PREFIX] [-c PARALLEL] [-d SECONDS] [-P AGENT_PATH] HOST:PORT\n"
-                    "       swarm clients [-n N] [-c PARALLEL] [-d SECONDS] HOST:PORT\n");
+                    "       swarm clients [-n N] [-c PARALLEL] [-d SECONDS] [-H HOST] HOST:PORT\n");
     exit(2);
 }
 
@@ -323,28 +326,40 @@ static void send_hello(sw_conn_t *c)
         fy_tun_close(&c->tun, "could not send HELLO");
 }
 
+/* Read what came of an answer into c->head and parse its head: the bytes
+ * read (0 at EOF) with *rc the parser's result, or -1 when there is nothing
+ * to do now (no bytes yet, or the connection failed and was dropped). */
+static ssize_t read_head(sw_conn_t *c, fy_h1_response_t *r, fy_h1_header_t *hdrs, size_t nhdrs, int *rc)
+{
+    fy_h1_limits_t lim = {nhdrs, HEAD_MAX};
+    ssize_t n;
+
+    if (c->head == NULL && (c->head = malloc(HEAD_MAX)) == NULL) {
+        fail_handshake(c, "out of memory");
+        return -1;
+    }
+    n = read(c->io.fd, c->head + c->hlen, HEAD_MAX - c->hlen);
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EINTR)
+            fail_handshake(c, strerror(errno));
+        return -1;
+    }
+    c->hlen += (size_t)n;
+    *rc = fy_h1_parse_response((const char *)c->head, c->hlen, r, hdrs, &lim, false);
+    return n;
+}
+
 static void read_upgrade_answer(sw_conn_t *c)
 {
     fy_h1_header_t hdrs[32];
-    fy_h1_limits_t lim = {FY_NELEM(hdrs), HEAD_MAX};
     fy_h1_response_t r;
     const fy_h1_header_t *h;
     char accept[29], why[160];
     ssize_t n;
     int rc, fd;
 
-    if (c->head == NULL && (c->head = malloc(HEAD_MAX)) == NULL) {
-        fail_handshake(c, "out of memory");
+    if ((n = read_head(c, &r, hdrs, FY_NELEM(hdrs), &rc)) < 0)
         return;
-    }
-    n = read(c->io.fd, c->head + c->hlen, HEAD_MAX - c->hlen);
-    if (n < 0) {
-        if (errno != EAGAIN && errno != EINTR)
-            fail_handshake(c, strerror(errno));
-        return;
-    }
-    c->hlen += (size_t)n;
-    rc = fy_h1_parse_response((const char *)c->head, c->hlen, &r, hdrs, &lim, false);
     if (rc == FY_AGAIN) {
         if (n == 0 || c->hlen == HEAD_MAX)
             fail_handshake(c, "the relay closed the connection during the upgrade");
@@ -382,6 +397,30 @@ static void read_upgrade_answer(sw_conn_t *c)
 
 /* --- the handshake, and idle clients ------------------------------------------ */
 
+/* A client's answer to its one request: a whole 200 response, then idle. */
+static void read_answer(sw_conn_t *c)
+{
+    fy_h1_header_t hdrs[32];
+    fy_h1_response_t r;
+    ssize_t n;
+    int rc;
+
+    if ((n = read_head(c, &r, hdrs, FY_NELEM(hdrs), &rc)) < 0)
+        return;
+    if (rc == FY_AGAIN || (rc >= 0 && r.body == FY_H1_BODY_LENGTH && c->hlen < (size_t)rc + r.content_length)) {
+        if (n == 0 || c->hlen == HEAD_MAX)
+            fail_handshake(c, "the relay closed the connection before answering");
+        return;
+    }
+    if (rc < 0 || r.status != 200 || r.body != FY_H1_BODY_LENGTH || (r.flags & FY_H1_F_CLOSE)) {
+        fail_handshake(c, rc < 0 ? "invalid answer" : "not a 200 on a kept-alive connection");
+        return;
+    }
+    S.requests++;
+    c->state = S_READY;
+    settled(c, true);
+}
+
 static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
 {
     sw_conn_t *c = io->data;
@@ -396,12 +435,29 @@ static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
             send_upgrade(c);
             return;
         }
+        if (fy_io_set(ev, io, EPOLLIN) != FY_OK) {
+            fail_handshake(c, "epoll failed");
+            return;
+        }
+        if (S.host != NULL) {
+            /* One request first, then idle on the kept-alive connection. */
+            char req[256];
+            int n = snprintf(req, sizeof(req), "GET /swarm HTTP/1.1\r\nHost: %s\r\n\r\n", S.host);
+            if (n < 0 || (size_t)n >= sizeof(req) || write(io->fd, req, (size_t)n) != n) {
+                fail_handshake(c, "could not send the request");
+                return;
+            }
+            c->state = S_UPGRADE;
+            return;
+        }
         /* An idle client: up once connected; from now on only a close
          * from the relay wakes it. */
         c->state = S_READY;
         settled(c, true);
-        if (fy_io_set(ev, io, EPOLLIN) != FY_OK)
-            fail_handshake(c, "epoll failed");
+        return;
+    }
+    if (c->state == S_UPGRADE && !S.agents) {
+        read_answer(c);
         return;
     }
     if (c->state == S_UPGRADE) {
@@ -498,13 +554,14 @@ int main(int argc, char **argv)
     S.prefix = "sw";
     S.path = "/_ferry/tunnel";
     optind = 2;
-    while ((opt = getopt(argc, argv, "n:p:c:d:P:")) != -1) {
+    while ((opt = getopt(argc, argv, "n:p:c:d:P:H:")) != -1) {
         switch (opt) {
         case 'n': S.n = (uint32_t)strtoul(optarg, NULL, 10); break;
         case 'p': S.prefix = optarg; break;
         case 'c': S.parallel = (uint32_t)strtoul(optarg, NULL, 10); break;
         case 'd': seconds = strtod(optarg, NULL); break;
         case 'P': S.path = optarg; break;
+        case 'H': S.host = optarg; break;
         default: usage();
         }
     }

@@ -94,6 +94,8 @@ void fy_client_adopt(fy_worker_t *w, int fd, const fy_handoff_hdr_t *h, const ui
         return;
     }
     process(c);
+    if (!c->closed)
+        fy_buf_release_if_empty(&c->in);
     update(c);
 }
 
@@ -1295,6 +1297,10 @@ static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
         read_in(c);
         if (!c->closed)
             process(c);
+        /* An idle keep-alive connection keeps no read buffer (the next one
+         * comes from the spares of buf.c, not malloc). */
+        if (!c->closed)
+            fy_buf_release_if_empty(&c->in);
     }
     /* A reset or fully closed peer: level-triggered epoll would report it
      * forever, and nothing can be written to it any more. */

@@ -98,3 +98,43 @@ def test_ten_thousand_swarm_tunnels(relay_factory, workdir):
     # Gone agents leave the table.
     poll(lambda: tunnel_count(relay) == 0, wait(20), what="the table to empty")
     assert worker_deaths(relay) == []
+
+
+def test_thousands_of_kept_alive_clients(relay_factory, workdir):
+    """3,000 end users, each served once through a swarm tunnel on a
+    keep-alive connection, then idle: all are answered, none is closed
+    (their streams stay open: max_streams_per_tunnel allows them), and the
+    relay holds no buffer for them (PSS guard at 4x the 4 KiB target)."""
+    if not os.access(SWARM, os.X_OK):
+        pytest.fail("no swarm binary at %s (make builds it)" % SWARM)
+    n = 3000
+    relay = relay_factory(workers=2, limits={"max_streams_per_tunnel": 8192, "header_timeout": "120s",
+                                             "idle_timeout": "120s"})
+    agent = subprocess.Popen([SWARM, "agents", "-n", "1", "-p", "kept", "-d", str(wait(120)),
+                              "127.0.0.1:%d" % relay.port], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    clients = None
+    try:
+        assert agent.stdout.readline().startswith("ready agents=1 failed=0")
+        host = relay.host("kept-0")
+        assert get(relay.port, host) == (200, b"swarm kept-0\n")
+        base = pss_kib(relay.proc.pid)
+        clients = subprocess.Popen([SWARM, "clients", "-n", str(n), "-H", host, "-d", str(wait(120)),
+                                    "127.0.0.1:%d" % relay.port], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        ready = clients.stdout.readline().split()
+        assert ready[:3] == ["ready", "clients=%d" % n, "failed=0"], (ready, clients.stderr.read()
+                                                                     if clients.poll() is not None else "")
+        per_client = (pss_kib(relay.proc.pid) - base) * 1024.0 / n
+        print("%d kept-alive idle clients: relay PSS %.0f bytes each" % (n, per_client))
+        if not SAN:
+            assert per_client < 4 * 4096, "%.0f bytes of PSS per idle kept-alive client" % per_client
+        assert get(relay.port, host) == (200, b"swarm kept-0\n")
+    finally:
+        for p in (clients, agent):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        out = clients.communicate(timeout=wait(30))[0] if clients is not None else ""
+        agent.communicate(timeout=wait(30))
+    done = dict(x.split("=") for x in out.split()[1:]) if out.startswith("done") else {}
+    assert done.get("alive") == str(n) and done.get("requests") == str(n), out
+    assert worker_deaths(relay) == []
