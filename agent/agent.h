@@ -29,6 +29,8 @@
 #define FY_AGENT_MAX_UPSTREAMS 16
 #define FY_AGENT_CONNECT_MS 10000    /* connecting to an upstream takes at most this long */
 #define FY_AGENT_SAMPLES   1028      /* durations kept for percentiles (as go-metrics) */
+#define FY_AGENT_IDLE_MAX  64        /* idle connections kept per upstream (relay said RST idle) */
+#define FY_AGENT_IDLE_MS   1000      /* ... for at most this long: under every usual keep-alive timeout */
 
 typedef struct fy_agent_s fy_agent_t;
 typedef struct fy_atunnel_s fy_atunnel_t;
@@ -225,6 +227,15 @@ extern const char *const fy_ustatus_names[];
 
 typedef struct fy_upset_s fy_upset_t;
 
+/* An idle connection to an upstream, kept for the next stream (upstream.c).
+ * In place in its upstream, never freed on its own: an event of the same
+ * loop iteration may still name its io. */
+typedef struct fy_aidle_s {
+    fy_io_t                io;
+    struct fy_upstream_s  *u;
+    uint64_t               since;
+} fy_aidle_t;
+
 typedef struct fy_upstream_s {
     fy_upset_t     *set;
     char            url[300];        /* "http://localhost:3000" */
@@ -241,6 +252,9 @@ typedef struct fy_upstream_s {
     uint64_t        streams;         /* streams it was chosen for */
     fy_probe_t      probe;
     fy_timer_t      probe_timer;
+    fy_aidle_t      idle[FY_AGENT_IDLE_MAX];  /* idle keep-alive connections: a stack, idle[0..nidle) */
+    unsigned        nidle;
+    fy_timer_t      idle_timer;      /* closes those idle for FY_AGENT_IDLE_MS */
 } fy_upstream_t;
 
 struct fy_upset_s {
@@ -267,6 +281,13 @@ int fy_upset_init(fy_upset_t *set, fy_ev_t *ev, const fy_tcfg_t *tc, const char 
                   size_t errlen) FY_MUST_USE;
 /* Stop probes (before the set is freed). */
 void fy_upset_fini(fy_upset_t *set);
+/* A connection to u the relay ended a stream on at a message boundary (RST
+ * idle): keep it for a later stream (takes from's fd and registration;
+ * closes it when the pool is full or it is not clean).
+ * fy_upstream_take_idle: hand one over to `to` (fd set, in the loop for
+ * EPOLLIN), or false when none is kept. */
+void fy_upstream_keep_idle(fy_upstream_t *u, fy_io_t *from);
+bool fy_upstream_take_idle(fy_upstream_t *u, fy_io_t *to);
 /*
  * The upstream for a new stream or its next attempt: tried is the mask of
  * upstreams this stream already failed on. Returns an index, or -1 when
@@ -339,6 +360,10 @@ struct fy_astream_s {
     bool            shut_wr;
     bool            rewrite;      /* Host rewrite: relay bytes go through raw and rw */
     bool            sent_any;     /* the service got bytes from us */
+    bool            reused;       /* on a kept connection (upstream.c) and no answer byte yet: */
+    bool            replay_lost;  /* ... what was sent on it went past the replay buffer */
+    fy_buf_t        replay;       /* ... the relay's bytes so far, sent again on a fresh connection
+                                     if the kept one turns out closed before answering */
     uint64_t        opened_at;    /* ms */
     uint64_t        req_at;       /* ms: a request head went out and awaits its first answer byte; 0 none */
     uint64_t        owed;         /* relay bytes whose credit is not yet returned */
@@ -476,6 +501,9 @@ void fy_astream_on_window(fy_astream_t *s, uint32_t inc);
 void fy_astream_on_credit(fy_astream_t *s);
 /* Close the service connection; rst != 0 also tells the relay. */
 void fy_astream_close(fy_astream_t *s, uint32_t rst, const char *why);
+/* The relay ended the stream at a message boundary (RST idle): keep the
+ * service connection for another stream when it is clean, then close. */
+void fy_astream_idle(fy_astream_t *s);
 
 /* session.c: is the relay there (a READY tunnel connection, or a plain
  * GET {agent_path} answering 200 while no tunnel is up)? */

@@ -26,6 +26,8 @@
 #define READS_PER_WAKEUP 4
 /* out may exceed the window by what rewritten heads add. */
 #define OUT_MAX (FY_MUX_STREAM_WINDOW + 64u * 1024)
+/* What a stream on a kept connection holds to send again elsewhere. */
+#define REPLAY_MAX (64u * 1024)
 
 static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events);
 static void on_connect_timeout(fy_ev_t *ev, fy_timer_t *t);
@@ -85,6 +87,19 @@ static void connect_next(fy_astream_t *s, const char *last_err)
         }
         u = &tn->ups.u[i];
         s->up = i;
+        if (!s->sent_any && fy_upstream_take_idle(u, &s->io)) {
+            /* A kept connection: no dial, nothing to wait for. */
+            fy_buf_t *held = s->rewrite ? &s->raw : &s->out;
+            s->connected = true;
+            s->reused = true;
+            /* What waits for it (nothing sent yet) is the start of the replay. */
+            if (fy_buf_len(held) > REPLAY_MAX
+                || fy_buf_append(&s->replay, fy_buf_data(held), fy_buf_len(held), REPLAY_MAX) != FY_OK)
+                s->replay_lost = true;
+            flush_out(s);
+            update(s);
+            return;
+        }
         if ((fd = fy_net_connect((struct sockaddr *)&u->sa, u->salen)) >= 0)
             break;
         snprintf(why, sizeof(why), "dial tcp %s: %s", u->name, strerror(errno));
@@ -117,6 +132,54 @@ static void attempt_failed(fy_astream_t *s, const char *why)
         fy_alog(FY_AL_INFO, "upstream refused, trying the next", "obj", "upstreams", "name", tn->name,
                 "url", tn->ups.u[s->up].url, "err", copy, NULL);
     connect_next(s, copy);
+}
+
+/*
+ * A kept connection closed (or failed) before any byte of an answer: the
+ * service timed it out just as it was reused. Send what went on it again on
+ * a fresh connection, so the end user sees nothing of it. false when that
+ * cannot be done: more than REPLAY_MAX sent, or a POST, PATCH or LOCK (then
+ * the caller fails the stream as it would have, and the end user gets 502).
+ */
+static bool retry_fresh(fy_astream_t *s)
+{
+    fy_ev_t *ev = s->tc->tn->agent->ev;
+    const char *m = (const char *)fy_buf_data(&s->replay);
+    size_t ml = fy_buf_len(&s->replay);
+
+    if (!s->reused || s->replay_lost || s->closed)
+        return false;
+    /* As nginx: a request that is not idempotent is not sent twice (the
+     * service may have acted on it before it closed). */
+    if ((ml >= 5 && memcmp(m, "POST ", 5) == 0) || (ml >= 6 && memcmp(m, "PATCH ", 6) == 0)
+        || (ml >= 5 && memcmp(m, "LOCK ", 5) == 0))
+        return false;
+    fy_io_del(ev, &s->io);
+    close(s->io.fd);
+    s->io.fd = -1;
+    s->reused = false;
+    s->connected = false;
+    s->shut_wr = false;
+    s->sent_any = true;   /* no kept connection for it again: dial */
+    /* Everything goes again from the start: the relay's bytes as they came. */
+    fy_buf_free(&s->out);
+    fy_buf_free(&s->raw);
+    if (s->rewrite) {
+        memset(&s->rw, 0, sizeof(s->rw));
+        s->raw = s->replay;
+    } else {
+        s->out = s->replay;
+    }
+    memset(&s->replay, 0, sizeof(s->replay));
+    connect_next(s, NULL);
+    return true;
+}
+
+/* A byte of the answer came: the kept connection is good. */
+static void answered(fy_astream_t *s)
+{
+    s->reused = false;
+    fy_buf_free(&s->replay);
 }
 
 static void on_connect_timeout(fy_ev_t *ev, fy_timer_t *t)
@@ -161,11 +224,29 @@ void fy_astream_close(fy_astream_t *s, uint32_t rst, const char *why)
     fy_task_queue(a->ev, &s->free_task);
 }
 
+/* The relay ended the stream between messages (RST idle): a clean service
+ * connection goes to the upstream's idle pool instead of being closed. */
+void fy_astream_idle(fy_astream_t *s)
+{
+    fy_upstream_t *u;
+
+    if (s->closed)
+        return;
+    if (s->connected && s->up >= 0 && !s->fin_rx && !s->fin_tx && !s->shut_wr && !s->blocked
+        && fy_buf_len(&s->out) == 0 && fy_buf_len(&s->raw) == 0 && (!s->rewrite || s->rw.state == FY_RW_HEAD)) {
+        u = &s->tc->tn->ups.u[s->up];
+        fy_upstream_keep_idle(u, &s->io);
+        s->io.fd = -1;
+    }
+    fy_astream_close(s, 0, NULL);
+}
+
 static void free_task(fy_ev_t *ev, fy_task_t *t)
 {
     fy_astream_t *s = t->data;
     fy_buf_free(&s->out);
     fy_buf_free(&s->raw);
+    fy_buf_free(&s->replay);
     free(s);
 }
 
@@ -228,9 +309,9 @@ static void flush_out(fy_astream_t *s)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            if (errno != EAGAIN)
+            if (errno != EAGAIN && !retry_fresh(s))
                 fy_astream_close(s, FY_MUX_RST_CANCEL, "write to the service failed");
-            break;
+            return;
         }
         s->sent_any = true;
         fy_buf_consume(&s->out, (size_t)n);
@@ -255,6 +336,12 @@ void fy_astream_on_data(fy_astream_t *s, const uint8_t *p, size_t n)
         return;
     }
     s->owed += n;
+    if (s->reused && !s->replay_lost) {
+        if (fy_buf_len(&s->replay) + n > REPLAY_MAX || fy_buf_append(&s->replay, p, n, REPLAY_MAX) != FY_OK) {
+            s->replay_lost = true;
+            fy_buf_free(&s->replay);
+        }
+    }
     if (s->rewrite) {
         if (fy_buf_append(&s->raw, p, n, FY_MUX_STREAM_WINDOW) != FY_OK) {
             fy_astream_close(s, FY_MUX_RST_INTERNAL, "out of memory");
@@ -273,7 +360,8 @@ void fy_astream_on_data(fy_astream_t *s, const uint8_t *p, size_t n)
     if (s->connected && fy_buf_len(&s->out) == 0) {
         ssize_t w = write(s->io.fd, p, n);
         if (w < 0 && errno != EAGAIN && errno != EINTR) {
-            fy_astream_close(s, FY_MUX_RST_CANCEL, "write to the service failed");
+            if (!retry_fresh(s))
+                fy_astream_close(s, FY_MUX_RST_CANCEL, "write to the service failed");
             return;
         }
         if (w > 0) {
@@ -338,17 +426,21 @@ static void read_service(fy_astream_t *s)
             fy_tun_data_commit(t, s->id, &s->credit, 0);
             if (errno == EINTR)
                 continue;
-            if (errno != EAGAIN)
+            if (errno != EAGAIN && !retry_fresh(s))
                 fy_astream_close(s, FY_MUX_RST_CANCEL, "read from the service failed");
             return;
         }
         if (n == 0) {
             fy_tun_data_commit(t, s->id, &s->credit, 0);
+            if (retry_fresh(s))
+                return;
             s->fin_tx = true;
             (void)fy_tun_send(t, FY_MUX_FIN, s->id, NULL, 0);
             maybe_done(s);
             return;
         }
+        if (s->reused)
+            answered(s);
         if (s->req_at != 0) {
             fy_atunnel_t *tn = s->tc->tn;
             fy_sample_add(&tn->d_http, (double)(fy_ev_now(tn->agent->ev) - s->req_at) * 1e6);
@@ -396,10 +488,13 @@ static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
     }
     if (events & EPOLLOUT)
         flush_out(s);
-    if (!s->closed && (events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+    if (!s->closed && s->connected && (events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
         read_service(s);
+    if (!s->connected)
+        return;   /* a kept connection failed: a fresh one is being dialed */
     if (!s->closed && (events & EPOLLERR)) {
-        fy_astream_close(s, FY_MUX_RST_CANCEL, "the service reset the connection");
+        if (!retry_fresh(s))
+            fy_astream_close(s, FY_MUX_RST_CANCEL, "the service reset the connection");
         return;
     }
     update(s);

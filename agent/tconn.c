@@ -512,7 +512,11 @@ static void on_frame(fy_tun_t *t, const fy_mux_event_t *e)
             fy_astream_on_fin(s);
         return;
     case FY_MUX_RST:
-        if ((s = fy_tconn_stream(tc, e->hdr.stream)) != NULL)
+        if ((s = fy_tconn_stream(tc, e->hdr.stream)) == NULL)
+            return;
+        if (fy_mux_get_u32(e->payload) == FY_MUX_RST_IDLE)
+            fy_astream_idle(s);
+        else
             fy_astream_close(s, 0, "reset by the relay");
         return;
     case FY_MUX_PONG:

@@ -17,7 +17,10 @@
 #include <errno.h>
 #include <netdb.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 const char *const fy_ustatus_names[] = {"unknown", "healthy", "unhealthy"};
 
@@ -139,6 +142,8 @@ int fy_upstream_parse(fy_upstream_t *u, const char *arg, char *err, size_t errle
 
 static void on_probe_timer(fy_ev_t *ev, fy_timer_t *t);
 static void on_probe(fy_probe_t *p, int status, const char *body, size_t blen, const char *err);
+static void on_idle_timer(fy_ev_t *ev, fy_timer_t *t);
+static void on_idle_io(fy_ev_t *ev, fy_io_t *io, uint32_t events);
 
 int fy_upset_init(fy_upset_t *set, fy_ev_t *ev, const fy_tcfg_t *tc, const char *tunnel, char *err, size_t errlen)
 {
@@ -161,6 +166,14 @@ int fy_upset_init(fy_upset_t *set, fy_ev_t *ev, const fy_tcfg_t *tc, const char 
         u->probe.io.fd = -1;
         u->probe_timer.cb = on_probe_timer;
         u->probe_timer.data = u;
+        u->idle_timer.cb = on_idle_timer;
+        u->idle_timer.data = u;
+        for (unsigned k = 0; k < FY_AGENT_IDLE_MAX; k++) {
+            u->idle[k].io.fd = -1;
+            u->idle[k].io.cb = on_idle_io;
+            u->idle[k].io.data = &u->idle[k];
+            u->idle[k].u = u;
+        }
         set->n++;
     }
     if (set->n == 0) {
@@ -170,6 +183,109 @@ int fy_upset_init(fy_upset_t *set, fy_ev_t *ev, const fy_tcfg_t *tc, const char 
     return FY_OK;
 }
 
+/* --- idle keep-alive connections to an upstream ----------------------------
+ *
+ * The relay does not pass an end user's "Connection: close" on, and when it
+ * ends a stream whose service connection sits between messages with nothing
+ * owed either way, it says so (RST idle). The connection then waits here,
+ * watched for a close or stray bytes from the service, for the next stream
+ * to the same upstream: a relay serving "Connection: close" end users does
+ * not make the agent dial the service once per request. Kept at most
+ * FY_AGENT_IDLE_MS, below the keep-alive timeouts of common servers (nginx
+ * 75 s, Node 5 s, gunicorn 2 s), so the service never closes one just as it
+ * is reused. */
+
+/* The pool is a stack, idle[0..nidle), the most recently kept on top. */
+static void idle_drop(fy_aidle_t *e)
+{
+    fy_upstream_t *u = e->u;
+    fy_aidle_t *last = &u->idle[u->nidle - 1];
+
+    fy_io_del(u->set->ev, &e->io);
+    close(e->io.fd);
+    e->io.fd = -1;
+    if (e != last) {
+        /* The top fills the hole (an event of this batch for it is then
+         * skipped; the loop reports it again). */
+        if (fy_io_move(u->set->ev, &last->io, &e->io, EPOLLIN) == FY_OK) {
+            e->since = last->since;
+        } else {
+            fy_io_del(u->set->ev, &last->io);
+            close(last->io.fd);
+        }
+        last->io.fd = -1;
+    }
+    u->nidle--;
+}
+
+/* The service closed it (or sent bytes nobody asked for): drop it. */
+static void on_idle_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
+{
+    fy_aidle_t *e = io->data;
+    if (e->io.fd >= 0)
+        idle_drop(e);
+}
+
+static void on_idle_timer(fy_ev_t *ev, fy_timer_t *t)
+{
+    fy_upstream_t *u = t->data;
+    uint64_t now = fy_ev_now(ev), oldest = 0;
+    unsigned i = 0;
+
+    while (i < u->nidle) {
+        fy_aidle_t *e = &u->idle[i];
+        if (now - e->since >= FY_AGENT_IDLE_MS) {
+            idle_drop(e);   /* the top moved here: look at i again */
+            continue;
+        }
+        if (oldest == 0 || e->since < oldest)
+            oldest = e->since;
+        i++;
+    }
+    if (u->nidle > 0)
+        fy_timer_arm_at(ev, t, oldest + FY_AGENT_IDLE_MS);
+}
+
+void fy_upstream_keep_idle(fy_upstream_t *u, fy_io_t *from)
+{
+    fy_ev_t *ev = u->set->ev;
+    fy_aidle_t *e = &u->idle[u->nidle];
+    uint8_t b;
+
+    /* Nothing may be waiting on it: no close, no early bytes of an answer. */
+    if (u->nidle == FY_AGENT_IDLE_MAX || recv(from->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) != -1 || errno != EAGAIN
+        || fy_io_move(ev, from, &e->io, EPOLLIN) != FY_OK) {
+        fy_io_del(ev, from);
+        close(from->fd);
+        if (u->nidle < FY_AGENT_IDLE_MAX)
+            e->io.fd = -1;
+        return;
+    }
+    e->since = fy_ev_now(ev);
+    u->nidle++;
+    if (!fy_timer_armed(&u->idle_timer))
+        fy_timer_arm(ev, &u->idle_timer, FY_AGENT_IDLE_MS);
+}
+
+bool fy_upstream_take_idle(fy_upstream_t *u, fy_io_t *to)
+{
+    fy_aidle_t *e;
+
+    if (u->nidle == 0)
+        return false;
+    /* The top: the most recently used, the least likely to be timed out. */
+    e = &u->idle[u->nidle - 1];
+    if (fy_io_move(u->set->ev, &e->io, to, EPOLLIN) != FY_OK) {
+        idle_drop(e);
+        to->fd = -1;
+        return false;
+    }
+    e->io.fd = -1;
+    if (--u->nidle == 0)
+        fy_timer_stop(u->set->ev, &u->idle_timer);
+    return true;
+}
+
 void fy_upset_fini(fy_upset_t *set)
 {
     unsigned i;
@@ -177,6 +293,9 @@ void fy_upset_fini(fy_upset_t *set)
         fy_timer_stop(set->ev, &set->u[i].probe_timer);
         fy_probe_cancel(&set->u[i].probe);
         fy_buf_free(&set->u[i].probe.buf);
+        fy_timer_stop(set->ev, &set->u[i].idle_timer);
+        while (set->u[i].nidle > 0)
+            idle_drop(&set->u[i].idle[set->u[i].nidle - 1]);
     }
 }
 

@@ -9,6 +9,7 @@
 #include "log/log.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -174,4 +175,27 @@ void fy_access_note(fy_access_t *a, uint64_t now, const fy_h1_request_t *req, co
     memcpy(a->tunnel, tunnel ? tunnel : "", tl);
     a->tunnel[tl] = '\0';
     a->handoff = handoff;
+}
+
+/* Rings of connections that went idle or away, kept for the next ones: a
+ * connection per request (Connection: close) allocates none. */
+#define RING_CACHE 64
+static fy_access_t *ring_cache[RING_CACHE];
+static unsigned nring_cache;
+
+fy_access_t *fy_access_ring_get(void)
+{
+    if (nring_cache > 0)
+        return ring_cache[--nring_cache];
+    return malloc(FY_PIPELINE_MAX * sizeof(fy_access_t));
+}
+
+void fy_access_ring_put(fy_access_t *ring)
+{
+    if (ring == NULL)
+        return;
+    if (nring_cache < RING_CACHE)
+        ring_cache[nring_cache++] = ring;
+    else
+        free(ring);
 }

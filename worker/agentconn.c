@@ -16,7 +16,8 @@
 #include <unistd.h>
 
 #define AGENT_DEAD_MS   30000     /* agents PING every 10 s */
-#define STREAM_BUCKETS  256
+#define STREAM_BUCKETS  16        /* at first; doubled while streams outnumber them twice */
+#define STREAM_BUCKETS_MAX 4096
 
 static void on_frame(fy_tun_t *t, const fy_mux_event_t *e);
 static void on_data(fy_tun_t *t, uint32_t stream, const uint8_t *p, size_t n);
@@ -294,6 +295,28 @@ static fy_client_t *stream_find(fy_agentconn_t *ac, uint32_t sid)
     return NULL;
 }
 
+/* Double the stream table (a failed allocation keeps the old one: chains
+ * just grow longer). */
+static void grow_buckets(fy_agentconn_t *ac)
+{
+    uint32_t n = ac->nbuckets * 2, i;
+    fy_client_t **nb = calloc(n, sizeof(*nb));
+
+    if (nb == NULL)
+        return;
+    for (i = 0; i < ac->nbuckets; i++) {
+        while (ac->buckets[i] != NULL) {
+            fy_client_t *c = ac->buckets[i];
+            ac->buckets[i] = c->snext;
+            c->snext = nb[c->sid & (n - 1)];
+            nb[c->sid & (n - 1)] = c;
+        }
+    }
+    free(ac->buckets);
+    ac->buckets = nb;
+    ac->nbuckets = n;
+}
+
 int fy_agentconn_open_stream(fy_agentconn_t *ac, fy_client_t *c)
 {
     uint8_t open[128];
@@ -304,6 +327,8 @@ int fy_agentconn_open_stream(fy_agentconn_t *ac, fy_client_t *c)
         if ((ac->buckets = calloc(STREAM_BUCKETS, sizeof(*ac->buckets))) == NULL)
             return FY_ERR;
         ac->nbuckets = STREAM_BUCKETS;
+    } else if (ac->nstreams >= 2 * ac->nbuckets && ac->nbuckets < STREAM_BUCKETS_MAX) {
+        grow_buckets(ac);
     }
     if (ac->next_stream >= 0x7fffffffu) {
         /* Ids are never reused on a connection: this one is spent. */
@@ -319,6 +344,7 @@ int fy_agentconn_open_stream(fy_agentconn_t *ac, fy_client_t *c)
     c->ac = ac;
     fy_mux_credit_init(&c->credit, FY_MUX_STREAM_WINDOW);
     c->fin_rx = c->fin_tx = false;
+    c->svc_keep = true;
     c->rstate = FY_R_HEAD;
     b = bucket(ac, c->sid);
     c->snext = *b;
@@ -345,6 +371,11 @@ void fy_agentconn_end_stream(fy_client_t *c, uint32_t code)
     ac->nstreams--;
     if (ac->tunnel)
         ac->tunnel->nstreams--;
+    /* Ended between messages, nothing owed either way, nobody asked to
+     * close: the agent may keep its connection to the service. */
+    if (code == FY_MUX_RST_DONE && c->svc_keep && c->pending == 0 && c->rstate == FY_R_HEAD && !c->fin_rx
+        && c->out_unscanned == 0 && c->state != FY_C_BODY && c->state != FY_C_UPGRADE && c->state != FY_C_TUNNEL)
+        code = FY_MUX_RST_IDLE;
     if (code != 0 && !ac->tun.closed)
         (void)fy_tun_send_u32(&ac->tun, FY_MUX_RST, c->sid, code, NULL);
     /* Bytes of this stream still waiting for the client no longer count

@@ -96,6 +96,8 @@ void fy_client_adopt(fy_worker_t *w, int fd, const fy_handoff_hdr_t *h, const ui
         return;
     }
     process(c);
+    if (!c->closed)
+        fy_buf_release_if_empty(&c->in);
     update(c);
 }
 
@@ -271,7 +273,7 @@ static void free_task(fy_ev_t *ev, fy_task_t *t)
     fy_client_t *c = t->data;
     fy_buf_free(&c->in);
     fy_buf_free(&c->out);
-    free(c->acc);
+    fy_access_ring_put(c->acc);
     free(c);
 }
 
@@ -322,6 +324,12 @@ static void resp_done(fy_client_t *c)
     c->resp_started = false;
     c->rstate = FY_R_HEAD;
     c->waiting_since = c->pending > 0 ? fy_ev_now(c->w->ev) : 0;
+    if (c->pending == 0 && c->acc != NULL) {
+        /* An idle keep-alive connection holds no ring. */
+        fy_access_ring_put(c->acc);
+        c->acc = NULL;
+        c->acc_head = 0;
+    }
 }
 
 /* Drop the unscanned tail (a bad response head) and return its credit. */
@@ -350,6 +358,26 @@ static void bad_response(fy_client_t *c, const char *why)
     } else
         fy_client_error(c, false, 502, "bad_response", "tunnel \"%s\": the service sent an invalid response: %s",
                         c->tunnel_id, why);
+}
+
+/*
+ * The relay closes after this final response (the end user asked to, and
+ * the service was not told: route.c): say so in it (RFC 9112 §9.6), before
+ * the blank line that ends the head at `at` in out. Best effort.
+ */
+static void say_close(fy_client_t *c, size_t at)
+{
+    static const char h[] = "Connection: close\r\n";
+    size_t n = sizeof(h) - 1, rel = at - c->out.rpos;   /* reserve may compact the buffer */
+    uint8_t *q;
+
+    if (fy_buf_reserve(&c->out, n, CLIENT_OUT_MAX + 64) != FY_OK)
+        return;
+    q = fy_buf_data(&c->out) + rel;
+    memmove(q + n, q, fy_buf_len(&c->out) - rel);
+    memcpy(q, h, n);
+    c->out.wpos += n;
+    c->resp_bytes += n;
 }
 
 /* Frame the bytes that arrived; returns false if the client went away. */
@@ -396,10 +424,12 @@ static void scan_response(fy_client_t *c)
             }
             if (r.status < 200)
                 break;  /* interim: the final response follows */
+            if (c->close_after && c->pending == 1 && !(r.flags & FY_H1_F_CLOSE))
+                say_close(c, (size_t)(p - c->out.base) + (size_t)rc - 2);
             if (c->state == FY_C_UPGRADE)
                 c->state = FY_C_HEAD;
             if (r.flags & FY_H1_F_CLOSE)
-                c->close_after = true;
+                c->close_after = true, c->svc_keep = false;
             switch (r.body) {
             case FY_H1_BODY_NONE:
                 resp_done(c);
@@ -417,6 +447,7 @@ static void scan_response(fy_client_t *c)
             case FY_H1_BODY_UNTIL_CLOSE:
                 c->rstate = FY_R_CLOSE;
                 c->close_after = true;
+                c->svc_keep = false;
                 break;
             }
             break;
@@ -943,11 +974,13 @@ forward:
     /* The head goes whole in one frame, marked: the agent counts requests
      * (and finds heads to rewrite) without parsing. */
     fy_tun_data_commit_flags(&c->ac->tun, c->sid, &c->credit, (size_t)hl, FY_MUX_F_HEAD);
+    if (req.minor == 0 || (req.flags & (FY_H1_F_UPGRADE | FY_H1_F_CONNECT)))
+        c->svc_keep = false;   /* the service may close after this one (route.c) */
     fy_buf_consume(&c->in, (size_t)rc);
     c->judged_ok = false;
     c->head_started = 0;
     if (c->acc == NULL)
-        c->acc = calloc(FY_PIPELINE_MAX, sizeof(*c->acc));   /* once per connection */
+        c->acc = fy_access_ring_get();   /* while requests are pending */
     if (c->acc != NULL)
         fy_access_note(&c->acc[(c->acc_head + c->pending) % FY_PIPELINE_MAX], fy_ev_now(w->ev), &req, id,
                        c->hops > 0);
@@ -1266,6 +1299,10 @@ static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
         read_in(c);
         if (!c->closed)
             process(c);
+        /* An idle keep-alive connection keeps no read buffer (the next one
+         * comes from the spares of buf.c, not malloc). */
+        if (!c->closed)
+            fy_buf_release_if_empty(&c->in);
     }
     /* A reset or fully closed peer: level-triggered epoll would report it
      * forever, and nothing can be written to it any more. */

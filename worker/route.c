@@ -248,8 +248,13 @@ ssize_t fy_route_rewrite(const fy_worker_t *w, const fy_client_t *c, const fy_h1
         put(&o, "\r\n", 2);
     }
     /* Connection is hop-by-hop (RFC 9110 §7.6.1): the relay says only what
-     * it means itself, so no client can nominate the headers it adds. */
-    if (req->flags & FY_H1_F_CLOSE)
+     * it means itself, so no client can nominate the headers it adds. An
+     * HTTP/1.1 client's "close" is the relay's business alone (it closes
+     * that connection after the response): the agent's connection to the
+     * service stays open for the next stream, as nginx keeps its upstreams. */
+    if ((req->flags & FY_H1_F_CLOSE) && req->minor == 1 && !(req->flags & FY_H1_F_UPGRADE))
+        ;
+    else if (req->flags & FY_H1_F_CLOSE)
         puts_(&o, (req->flags & FY_H1_F_UPGRADE) ? "Connection: close, upgrade\r\n" : "Connection: close\r\n");
     else if (req->flags & FY_H1_F_UPGRADE)
         puts_(&o, "Connection: upgrade\r\n");

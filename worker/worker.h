@@ -163,6 +163,7 @@ struct fy_client_s {
     fy_mux_credit_t  credit;
     bool             fin_rx;          /* agent sent FIN */
     bool             fin_tx;          /* we sent FIN */
+    bool             svc_keep;        /* neither side of the service connection asked to close it */
     char             tunnel_id[FY_ID_MAX + 1];
     /* response side */
     enum fy_resp_state rstate;
@@ -353,6 +354,10 @@ void fy_access_note(fy_access_t *a, uint64_t now, const fy_h1_request_t *req, co
 void fy_access_log(fy_worker_t *w, const fy_client_t *c, const fy_access_t *a, int status, uint64_t bytes,
                    const char *err_code);
 void fy_access_flush(fy_worker_t *w);
+/* A ring of FY_PIPELINE_MAX notes for a connection's pending requests, from
+ * a small per-process cache (NULL if out of memory), and back. */
+fy_access_t *fy_access_ring_get(void);
+void fy_access_ring_put(fy_access_t *ring);
 
 /* acl.c: access rules (SPEC.md access:) */
 enum { FY_ACL_OK = 0, FY_ACL_DENY, FY_ACL_AUTH, FY_ACL_PENDING, FY_ACL_BUSY };

@@ -34,9 +34,13 @@ void fy_buf_consume(fy_buf_t *b, size_t n);
 /* Append n bytes (reserving up to max). FY_OK or FY_ERR as fy_buf_reserve. */
 int fy_buf_append(fy_buf_t *b, const void *p, size_t n, size_t max) FY_MUST_USE;
 
-/* Release the memory of an empty buffer (idle connections keep none). */
+/* Release the memory of an empty buffer (idle connections keep none). A
+ * few released buffers (up to 256 KiB each) are kept per thread for the
+ * next reserve of an empty buffer, so a buffer per request costs no
+ * malloc. */
 void fy_buf_release_if_empty(fy_buf_t *b);
 
+/* Release the memory (kept as a spare, as above). */
 void fy_buf_free(fy_buf_t *b);
 
 #endif

@@ -75,6 +75,26 @@ int fy_io_set(fy_ev_t *ev, fy_io_t *io, uint32_t events)
     return FY_OK;
 }
 
+int fy_io_move(fy_ev_t *ev, fy_io_t *from, fy_io_t *to, uint32_t events)
+{
+    struct epoll_event e;
+
+    to->fd = from->fd;
+    if (!from->added)
+        return fy_io_set(ev, to, events);
+    memset(&e, 0, sizeof(e));
+    e.events = events;
+    e.data.ptr = to;
+    if (epoll_ctl(ev->epfd, EPOLL_CTL_MOD, to->fd, &e) < 0)
+        return FY_ERR;
+    /* An event of this batch still naming from is skipped (not added). */
+    from->added = false;
+    from->events = 0;
+    to->added = true;
+    to->events = events;
+    return FY_OK;
+}
+
 void fy_io_del(fy_ev_t *ev, fy_io_t *io)
 {
     if (io->added) {

@@ -4,8 +4,10 @@
  * The reader is resumable over any split of the byte stream, in the nginx
  * sw_* manner, and unlike the WebSocket reader it always consumes what it is
  * given: the 10-byte header is collected in r->hbuf, and a non-DATA payload
- * (bounded by FY_MUX_MAX_CONTROL) in r->ctl, so the caller never has to keep
- * a tail. DATA payload is not copied: it is reported as slices of the
+ * (bounded by FY_MUX_MAX_CONTROL) is reported from the caller's buffer when
+ * it is all there (nearly always), else collected in r->ctl, allocated for
+ * that frame only (an idle tunnel connection holds no 8 KiB of it), so the
+ * caller never has to keep a tail. DATA payload is not copied: it is reported as slices of the
  * caller's buffer, the last one with end set. Every call with len > 0
  * consumes at least one byte and reports at most one event; a call that
  * completes a header also reports the frame's payload present in the same
@@ -17,29 +19,31 @@
 #include "fy.h"
 #include "mux/mux.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 enum {
     ST_HEADER = 0,  /* collecting the 10-byte frame header in hbuf */
-    ST_CONTROL,     /* collecting a non-DATA payload in ctl */
+    ST_CONTROL,     /* a non-DATA payload: whole in the next buffer, or collected in ctl */
     ST_DATA,        /* reporting DATA payload slices */
     ST_FAILED,      /* a protocol error was reported; stays failed */
 };
 
 void fy_mux_reader_init(fy_mux_reader_t *r)
 {
-    /* ctl is 8 KiB and fully overwritten before use: clear only the rest. */
+    memset(r, 0, sizeof(*r));
     r->state = ST_HEADER;
-    r->hgot = 0;
-    memset(r->hbuf, 0, sizeof(r->hbuf));
-    memset(&r->hdr, 0, sizeof(r->hdr));
-    r->left = 0;
-    r->ctl_got = 0;
-    r->err_reason = NULL;
+}
+
+void fy_mux_reader_free(fy_mux_reader_t *r)
+{
+    free(r->ctl);
+    r->ctl = NULL;
 }
 
 static ssize_t fail(fy_mux_reader_t *r, const char *reason)
 {
+    fy_mux_reader_free(r);
     r->state = ST_FAILED;
     r->err_reason = reason;
     return FY_ERR;
@@ -125,12 +129,12 @@ static int check_header(fy_mux_reader_t *r, const fy_mux_hdr_t *h)
     return FY_OK;
 }
 
-static void frame_event(fy_mux_reader_t *r, fy_mux_event_t *ev)
+static void frame_event(fy_mux_reader_t *r, fy_mux_event_t *ev, const uint8_t *payload, size_t len)
 {
     ev->type = FY_MUX_EV_FRAME;
     ev->hdr = r->hdr;
-    ev->payload = r->ctl;
-    ev->len = r->ctl_got;
+    ev->payload = payload;
+    ev->len = len;
     ev->end = true;
     r->state = ST_HEADER;
 }
@@ -142,6 +146,9 @@ ssize_t fy_mux_read(fy_mux_reader_t *r, const uint8_t *buf, size_t len, fy_mux_e
     memset(ev, 0, sizeof(*ev));
     if (r->state == ST_FAILED)
         return FY_ERR;
+    /* The payload of the frame reported last is no longer the caller's. */
+    if (r->ctl != NULL && r->state == ST_HEADER)
+        fy_mux_reader_free(r);
 
     /* At most one event: each branch below either returns with one, or
      * runs out of input, or moves on to the payload of the same frame. */
@@ -169,8 +176,11 @@ ssize_t fy_mux_read(fy_mux_reader_t *r, const uint8_t *buf, size_t len, fy_mux_e
                  * reports nothing yet; an empty DATA frame is reported now. */
                 if (pos == len && r->left != 0)
                     return (ssize_t)pos;
-            } else if (r->left == 0) {
-                frame_event(r, ev);
+            } else if (len - pos >= r->left) {
+                /* The whole payload is here: report it where it lies. */
+                frame_event(r, ev, buf + pos, r->left);
+                pos += r->left;
+                r->left = 0;
                 return (ssize_t)pos;
             } else {
                 r->state = ST_CONTROL;
@@ -178,13 +188,21 @@ ssize_t fy_mux_read(fy_mux_reader_t *r, const uint8_t *buf, size_t len, fy_mux_e
             break;
 
         case ST_CONTROL:
+            if (r->ctl == NULL && len - pos >= r->left) {
+                frame_event(r, ev, buf + pos, r->left);
+                pos += r->left;
+                r->left = 0;
+                return (ssize_t)pos;
+            }
+            if (r->ctl == NULL && (r->ctl = malloc(r->hdr.length)) == NULL)
+                return fail(r, "mux: out of memory");
             n = FY_MIN(len - pos, (size_t)r->left);
             memcpy(r->ctl + r->ctl_got, buf + pos, n);
             r->ctl_got += n;
             r->left -= (uint32_t)n;
             pos += n;
             if (r->left == 0)
-                frame_event(r, ev);
+                frame_event(r, ev, r->ctl, r->ctl_got);
             return (ssize_t)pos;
 
         case ST_DATA:

@@ -44,6 +44,8 @@ enum fy_mux_code {
     FY_MUX_RST_FLOW = 5,         /* the peer sent more than its credit */
     FY_MUX_RST_INTERNAL = 6,
     FY_MUX_RST_DONE = 7,         /* relay: the end-user connection moved on; close quietly */
+    FY_MUX_RST_IDLE = 8,         /* relay: as DONE, and the service connection sits between messages
+                                    with nothing owed either way: the agent may keep it for another stream */
     FY_MUX_GOAWAY_DRAIN = 1,     /* relay shutting down or reloading: reconnect */
 };
 
@@ -63,7 +65,8 @@ enum fy_mux_event_type {
 typedef struct fy_mux_event_s {
     enum fy_mux_event_type type;
     fy_mux_hdr_t   hdr;
-    const uint8_t *payload;   /* borrowed: into the reader's buffer (FRAME) or the caller's (DATA) */
+    const uint8_t *payload;   /* borrowed, valid until the next call: the caller's buffer, or for a
+                                 FRAME whose payload came in pieces, the reader's */
     size_t         len;
     bool           end;
 } fy_mux_event_t;
@@ -74,12 +77,15 @@ typedef struct fy_mux_reader_s {
     size_t       hgot;
     fy_mux_hdr_t hdr;
     uint32_t     left;                  /* payload bytes of the current frame still to read */
-    uint8_t      ctl[FY_MUX_MAX_CONTROL];
+    uint8_t     *ctl;                   /* heap: a non-DATA payload split across calls (else NULL) */
     size_t       ctl_got;
     const char  *err_reason;            /* on FY_ERR */
 } fy_mux_reader_t;
 
 void fy_mux_reader_init(fy_mux_reader_t *r);
+/* Release what the reader holds (a control payload that came in pieces);
+ * it may be initialised again afterwards. */
+void fy_mux_reader_free(fy_mux_reader_t *r);
 
 /*
  * Consume bytes and produce at most one event. Returns bytes consumed (0

@@ -122,6 +122,7 @@ void fy_tun_free(fy_tun_t *t)
     t->tail = NULL;
     t->queued = 0;
     fy_buf_free(&t->in);
+    fy_mux_reader_free(&t->muxr);
 }
 
 /* --- output ------------------------------------------------------------ */

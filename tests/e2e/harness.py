@@ -1083,8 +1083,9 @@ def get_via(public_url, relay, path="/", **kw):
 class NamedOrigin:
     """An HTTP server in this process on 127.0.0.1:port that answers every
     request with its name (and counts requests, health probes apart).
-    stop() closes the listening socket, so connecting is refused; start()
-    again binds the same port."""
+    stop() closes the listening socket, so connecting is refused, and the
+    connections it has open, as a killed server would; start() again binds
+    the same port."""
 
     def __init__(self, name, port=None):
         import http.server
@@ -1094,6 +1095,7 @@ class NamedOrigin:
         self.probes = 0
         self.lock = threading.Lock()
         self.srv = None
+        self.conns = set()
         outer = self
 
         class H(http.server.BaseHTTPRequestHandler):
@@ -1101,6 +1103,16 @@ class NamedOrigin:
 
             def log_message(self, *a):
                 pass
+
+            def setup(self):
+                super().setup()
+                with outer.lock:
+                    outer.conns.add(self.connection)
+
+            def finish(self):
+                with outer.lock:
+                    outer.conns.discard(self.connection)
+                super().finish()
 
             def do_GET(self):
                 with outer.lock:
@@ -1135,6 +1147,13 @@ class NamedOrigin:
             self.srv.shutdown()
             self.srv.server_close()
             self.srv = None
+        with self.lock:
+            conns, self.conns = list(self.conns), set()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     @property
     def url(self):

@@ -186,7 +186,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1 || size - 1 > MAX_INPUT)
         return 0;
     run(data + 1, size - 1, data[0], true, &ta);
+    fy_mux_reader_free(&reader);
     run(data + 1, size - 1, data[0], false, &tb);
+    fy_mux_reader_free(&reader);
     CHECK(ta.n == tb.n && memcmp(ta.log, tb.log, ta.n) == 0);
     /* And the helpers on the raw input too, valid or not. */
     check_kv(data + 1, FY_MIN(size - 1, (size_t)FY_MUX_MAX_CONTROL));
