@@ -451,6 +451,45 @@ static void close_public_listeners(master_t *m)
     }
 }
 
+/* At exit: every fd and byte the master holds goes back, so that valgrind's
+ * fd and leak checks (make test-valgrind) see only what leaked. */
+static void master_free(master_t *m)
+{
+    int i;
+    for (i = 0; i < m->nfds; i++)
+        if (m->fds[i] >= 0)
+            close(m->fds[i]);
+    m->nfds = 0;
+    for (i = 0; i < m->nworkers; i++) {
+        if (m->workers[i].ctl_open)
+            fy_chan_close(&m->workers[i].ctl);
+        m->workers[i].ctl_open = false;
+        close(m->workers[i].mailbox[0]);
+        close(m->workers[i].mailbox[1]);
+    }
+    for (i = 0; i < FY_SHM_MAX_WORKERS; i++) {
+        if (m->foreign[i] >= 0)
+            close(m->foreign[i]);
+        m->foreign[i] = -1;
+    }
+    if (m->up_open)
+        fy_chan_close(&m->up);
+    m->up_open = false;
+    if (m->inherited_up >= 0)
+        close(m->inherited_up);
+    m->inherited_up = -1;
+    fy_io_del(m->ev, &m->sigio);
+    close(m->sigio.fd);
+    fy_timer_stop(m->ev, &m->respawn_timer);
+    fy_timer_stop(m->ev, &m->sweep_timer);
+    close(m->shm.fd);
+    fy_shm_detach(&m->shm);
+    free_conf(m->conf);
+    m->conf = NULL;
+    fy_ev_free(m->ev);
+    m->ev = NULL;
+}
+
 static void on_signal(fy_ev_t *ev, fy_io_t *io, uint32_t events)
 {
     master_t *m = io->data;
@@ -714,7 +753,6 @@ int main(int argc, char **argv)
     if (m.pid_path != NULL && m.pid_path[0] != '\0')
         unlink_pidfile(&m);
     fy_log_info("master exiting");
-    free_conf(m.conf);
-    fy_ev_free(m.ev);
+    master_free(&m);
     return 0;
 }

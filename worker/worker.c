@@ -409,6 +409,60 @@ static void on_retry(fy_ev_t *ev, fy_timer_t *t)
     fy_worker_wake(t->data, NULL);
 }
 
+/* At exit: close every connection and fd the worker holds and free its
+ * memory, so that nothing is left to the kernel's cleanup (valgrind's leak
+ * and fd checks run on the e2e suite: make test-valgrind). */
+static void worker_free(fy_worker_t *w)
+{
+    fy_agentconn_t *ac;
+    uint32_t b;
+    int i;
+
+    while (w->clients != NULL)
+        fy_client_close(w->clients);
+    for (ac = w->agents; ac != NULL; ac = ac->next)
+        fy_tun_close(&ac->tun, "the worker is exiting");
+    while (fy_ev_tasks_pending(w->ev))
+        fy_ev_run_tasks(w->ev);   /* the agents' closes and every deferred free */
+    fy_access_flush(w);
+    for (b = 0; w->tunnels != NULL && b < w->ntbuckets; b++)
+        while (w->tunnels[b] != NULL)
+            fy_tunnel_remove(w, w->tunnels[b]);
+    free(w->tunnels);
+    w->tunnels = NULL;
+    for (i = 0; i < w->nlisteners; i++) {
+        if (w->listeners[i].io.fd >= 0) {
+            fy_io_del(w->ev, &w->listeners[i].io);
+            close(w->listeners[i].io.fd);
+            w->listeners[i].io.fd = -1;
+        }
+    }
+    for (i = 0; i < FY_SHM_MAX_WORKERS; i++) {
+        if (w->mailbox_send[i] >= 0)
+            close(w->mailbox_send[i]);
+        w->mailbox_send[i] = -1;
+    }
+    fy_io_del(w->ev, &w->mailbox);
+    close(w->mailbox.fd);
+    fy_io_del(w->ev, &w->sigio);
+    close(w->sigio.fd);
+    fy_chan_close(&w->ctl);
+    fy_timer_stop(w->ev, &w->retry_timer);
+    fy_timer_stop(w->ev, &w->drain_timer);
+    fy_timer_stop(w->ev, &w->access_timer);
+    close(w->shm.fd);
+    fy_shm_detach(&w->shm);
+    w->rec = NULL;
+    free(w->mailbox_buf);
+    w->mailbox_buf = NULL;
+    if (w->conf->auth != NULL)
+        fy_auth_free(w->conf->auth);
+    fy_config_free(w->conf);
+    w->conf = NULL;
+    fy_ev_free(w->ev);
+    w->ev = NULL;
+}
+
 int fy_worker_main(const fy_worker_setup_t *st)
 {
     fy_worker_t w;
@@ -479,5 +533,6 @@ int fy_worker_main(const fy_worker_setup_t *st)
     fy_acl_stop(&w);
     fy_access_flush(&w);
     atomic_store(&w.rec->state, FY_SHM_W_DOWN);
+    worker_free(&w);
     return 0;
 }
