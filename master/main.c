@@ -228,6 +228,8 @@ static void spawn_worker(master_t *m, int i)
         st.ctl_fd = ctl[1];
         if (m->up_open)
             close(m->up.io.fd);
+        if (m->inherited_up >= 0)
+            close(m->inherited_up);   /* the old master's channel, not yet opened as m->up */
         for (k = 0; k < FY_SHM_MAX_WORKERS; k++) {
             st.mailbox_recv[k] = -1;
             st.mailbox_send[k] = m->foreign[k];
@@ -488,6 +490,7 @@ static void master_free(master_t *m)
     m->conf = NULL;
     fy_ev_free(m->ev);
     m->ev = NULL;
+    fy_log_close();
 }
 
 static void on_signal(fy_ev_t *ev, fy_io_t *io, uint32_t events)

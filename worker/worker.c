@@ -36,6 +36,10 @@ static void on_accept(fy_ev_t *ev, fy_io_t *io, uint32_t events)
                 fy_log(FY_LOG_WARN, errno, "accept");
             break;
         }
+        /* The address travels whole in a handoff's header: no byte of it
+         * may be left uninitialised (sendmsg would send stack garbage). */
+        if (sl < sizeof(ss))
+            memset((char *)&ss + sl, 0, sizeof(ss) - sl);
         fy_net_nodelay(fd);
         fy_client_accept(l->w, l, fd, &ss);
     }
@@ -461,6 +465,7 @@ static void worker_free(fy_worker_t *w)
     w->conf = NULL;
     fy_ev_free(w->ev);
     w->ev = NULL;
+    fy_log_close();
 }
 
 int fy_worker_main(const fy_worker_setup_t *st)

@@ -502,6 +502,7 @@ def test_signal_without_a_running_master(workdir):
 # reload
 
 
+@pytest.mark.valgrind
 def test_reload_applies_new_settings_and_keeps_tunnels(relay_factory, agent_factory, masters, workdir):
     """HUP with valid changes (default_tunnel, a new listener, a smaller
     limits.max_header_bytes, route_order): new requests see them; the
@@ -799,6 +800,7 @@ def test_reload_switches_the_log_format(relay_factory, agent_factory, masters, w
 # graceful shutdown (QUIT)
 
 
+@pytest.mark.valgrind
 def test_quit_drains_in_flight_streams(relay_factory, agent_factory, masters, origin, workdir):
     """QUIT during a long download and a 5-second SSE stream: both complete
     intact; the agent gets GOAWAY; /health answers 503 draining; a new
@@ -1070,6 +1072,7 @@ def finish_upgrade(relay, pidfile, old, new, ids, min_index):
     assert not os.path.exists(pidfile + ".oldbin"), "PIDFILE.oldbin left behind"
 
 
+@pytest.mark.valgrind
 def test_binary_upgrade_under_load(relay_factory, agent_factory, masters, workdir):
     """USR2 + WINCH + QUIT while fresh and keep-alive requests flow and a
     long download is in flight: zero failed requests, the download intact,
