@@ -692,17 +692,36 @@ static int owner_elsewhere(fy_client_t *c, const char *id)
 {
     fy_worker_t *w = c->w;
     fy_shm_entry_t e;
-    uint32_t i;
+    uint32_t i, pass;
 
     if (c->admin || c->hops >= FY_MAX_HOPS || !fy_shm_lookup(&w->shm, id, &e) || e.nowners == 0)
         return -1;
-    for (i = 0; i < e.nowners; i++) {
-        const fy_shm_owner_t *o = &e.owners[(w->rr + i) % e.nowners];
-        if (o->worker != w->index && o->worker < FY_SHM_MAX_WORKERS && w->mailbox_send[o->worker] >= 0
-            && atomic_load(&fy_shm_worker(&w->shm, o->worker)->state) != FY_SHM_W_DOWN) {
-            w->rr++;
-            return o->worker;
+    /*
+     * A draining owner (the old generation's during an upgrade: its agent
+     * was sent GOAWAY and is moving) is the last resort. While an owner
+     * stays, the request goes to it; when that owner is this worker, the
+     * request stays here and waits for the agent's new connection to be
+     * ready (registered in the table a moment before this worker knows
+     * it), instead of bouncing to the old owner and back until its hops
+     * run out and it is answered 404 (issue 6).
+     */
+    for (pass = 0; pass < 2; pass++) {
+        bool staying_here = false;
+        for (i = 0; i < e.nowners; i++) {
+            const fy_shm_owner_t *o = &e.owners[(w->rr + i) % e.nowners];
+            uint32_t st;
+            if (o->worker >= FY_SHM_MAX_WORKERS)
+                continue;
+            st = atomic_load(&fy_shm_worker(&w->shm, o->worker)->state);
+            if (o->worker == w->index)
+                staying_here = staying_here || (!w->draining && st == FY_SHM_W_UP);
+            else if (w->mailbox_send[o->worker] >= 0 && (pass == 0 ? st == FY_SHM_W_UP : st != FY_SHM_W_DOWN)) {
+                w->rr++;
+                return o->worker;
+            }
         }
+        if (staying_here)
+            return -1;
     }
     return -1;
 }
