@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
+#include <poll.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -186,6 +187,8 @@ int fy_worker_register(fy_worker_t *w, const fy_pending_agent_t *p, const char *
 void fy_worker_unregister(fy_worker_t *w, const char *id, uint32_t conn)
 {
     fy_ctl_msg_t m;
+    if (w->ctl.closed)
+        return;   /* the master is gone (this worker is leaving): nobody to tell */
     memset(&m, 0, sizeof(m));
     m.type = FY_CTL_UNREGISTER;
     m.conn = conn;
@@ -413,6 +416,35 @@ static void on_retry(fy_ev_t *ev, fy_timer_t *t)
     fy_worker_wake(t->data, NULL);
 }
 
+/* Leaving: handoffs still queued in this worker's mailbox (sent before the
+ * others saw it leave) go on, as they came, to a worker that stays; with
+ * none (a plain shutdown) they are closed. The short wait catches a sender
+ * that read this worker's state just before it became DOWN. */
+static void pass_on_mailbox(fy_worker_t *w)
+{
+    struct pollfd p;
+    int i;
+
+    p.fd = w->mailbox.fd;
+    p.events = POLLIN;
+    for (i = 0; i < 4096; i++) {
+        const fy_handoff_hdr_t *h = (const fy_handoff_hdr_t *)w->mailbox_buf;
+        int fd, target;
+        ssize_t n;
+        p.revents = 0;
+        if (poll(&p, 1, 20) <= 0)
+            return;
+        if ((n = fy_handoff_recv(p.fd, w->mailbox_buf, w->mailbox_cap, &fd)) == FY_AGAIN)
+            continue;
+        if (n < 0)
+            continue;
+        target = fy_worker_successor(w);
+        if (target < 0 || fy_handoff_send(w->mailbox_send[target], h, w->mailbox_buf + sizeof(*h), fd) != FY_OK)
+            fy_log_warn("worker %d: leaving: a connection handed to it could not be passed on", w->index);
+        close(fd);
+    }
+}
+
 /* At exit: close every connection and fd the worker holds and free its
  * memory, so that nothing is left to the kernel's cleanup (valgrind's leak
  * and fd checks run on the e2e suite: make test-valgrind). */
@@ -538,6 +570,7 @@ int fy_worker_main(const fy_worker_setup_t *st)
     fy_acl_stop(&w);
     fy_access_flush(&w);
     atomic_store(&w.rec->state, FY_SHM_W_DOWN);
+    pass_on_mailbox(&w);
     worker_free(&w);
     return 0;
 }
