@@ -1257,10 +1257,6 @@ def test_new_master_killed_after_start_leaves_the_old_one(relay_factory, agent_f
 # the issue's acceptance run: 4 tunnels, 4 workers, 10 HUPs, 2 upgrades
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known open race (issue 6 stays open): during two back-to-back binary upgrades under load, "
-    "1 to 4 of ~30,000 requests can get 404 tunnel_offline while an agent moves between "
-    "generations; single upgrades and reloads under load (the tests above) lose nothing"))
 def test_acceptance_reloads_and_upgrades_under_load(relay_factory, agent_factory, masters, workdir):
     """Load through 4 tunnels on 4 workers (fresh and keep-alive
     connections) for about 20 s while the master gets 10 HUPs and then 2
