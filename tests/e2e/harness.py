@@ -148,7 +148,7 @@ def valgrind_argv(argv, workdir, name):
     vg = ["valgrind", "--tool=memcheck", "--error-exitcode=%d" % VALGRIND_EXIT,
           "--leak-check=full", "--show-leak-kinds=definite", "--errors-for-leak-kinds=definite",
           "--track-fds=yes", "--trace-children=yes", "--child-silent-after-fork=no",
-          "--num-callers=30", "--log-file=%s.vg.%%p" % os.path.join(workdir, name)]
+          "--num-callers=30", "--vgdb=no", "--log-file=%s.vg.%%p" % os.path.join(workdir, name)]
     if os.path.exists(VALGRIND_SUPP):
         vg.append("--suppressions=" + os.path.realpath(VALGRIND_SUPP))
     return vg + list(argv)
