@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
+#include <poll.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -37,6 +38,10 @@ static void on_accept(fy_ev_t *ev, fy_io_t *io, uint32_t events)
                 fy_log(FY_LOG_WARN, errno, "accept");
             break;
         }
+        /* The address travels whole in a handoff's header: no byte of it
+         * may be left uninitialised (sendmsg would send stack garbage). */
+        if (sl < sizeof(ss))
+            memset((char *)&ss + sl, 0, sizeof(ss) - sl);
         fy_net_nodelay(fd);
         if (l->tls)
             fy_tls_accept(l->w, l, fd, &ss);
@@ -87,17 +92,36 @@ static int live_worker(fy_worker_t *w)
 int fy_worker_owner_elsewhere(fy_worker_t *w, const char *id)
 {
     fy_shm_entry_t e;
-    uint32_t i;
+    uint32_t i, pass;
 
     if (!fy_shm_lookup(&w->shm, id, &e))
         return -1;
-    for (i = 0; i < e.nowners; i++) {
-        const fy_shm_owner_t *o = &e.owners[(w->rr + i) % e.nowners];
-        if (o->worker != w->index && o->worker < FY_SHM_MAX_WORKERS && w->mailbox_send[o->worker] >= 0
-            && atomic_load(&fy_shm_worker(&w->shm, o->worker)->state) != FY_SHM_W_DOWN) {
-            w->rr++;
-            return o->worker;
+    /*
+     * A draining owner (the old generation's during an upgrade: its agent
+     * was sent GOAWAY and is moving) is the last resort. While an owner
+     * stays, the connection goes to it; when that owner is this worker, it
+     * stays here and waits for the agent's new connection to be ready
+     * (registered in the table a moment before this worker knows it),
+     * instead of bouncing to the old owner and back until its hops run out
+     * and it is answered 404 (issue 6).
+     */
+    for (pass = 0; pass < 2; pass++) {
+        bool staying_here = false;
+        for (i = 0; i < e.nowners; i++) {
+            const fy_shm_owner_t *o = &e.owners[(w->rr + i) % e.nowners];
+            uint32_t st;
+            if (o->worker >= FY_SHM_MAX_WORKERS)
+                continue;
+            st = atomic_load(&fy_shm_worker(&w->shm, o->worker)->state);
+            if (o->worker == w->index)
+                staying_here = staying_here || (!w->draining && st == FY_SHM_W_UP);
+            else if (w->mailbox_send[o->worker] >= 0 && (pass == 0 ? st == FY_SHM_W_UP : st != FY_SHM_W_DOWN)) {
+                w->rr++;
+                return o->worker;
+            }
         }
+        if (staying_here)
+            return -1;
     }
     return -1;
 }
@@ -206,6 +230,8 @@ int fy_worker_register(fy_worker_t *w, const fy_pending_agent_t *p, const char *
 void fy_worker_unregister(fy_worker_t *w, const char *id, uint32_t conn)
 {
     fy_ctl_msg_t m;
+    if (w->ctl.closed)
+        return;   /* the master is gone (this worker is leaving): nobody to tell */
     memset(&m, 0, sizeof(m));
     m.type = FY_CTL_UNREGISTER;
     m.conn = conn;
@@ -440,6 +466,90 @@ static void on_retry(fy_ev_t *ev, fy_timer_t *t)
     fy_worker_wake(t->data, NULL);
 }
 
+/* Leaving: handoffs still queued in this worker's mailbox (sent before the
+ * others saw it leave) go on, as they came, to a worker that stays; with
+ * none (a plain shutdown) they are closed. The short wait catches a sender
+ * that read this worker's state just before it became DOWN. */
+static void pass_on_mailbox(fy_worker_t *w)
+{
+    struct pollfd p;
+    int i;
+
+    p.fd = w->mailbox.fd;
+    p.events = POLLIN;
+    for (i = 0; i < 4096; i++) {
+        const fy_handoff_hdr_t *h = (const fy_handoff_hdr_t *)w->mailbox_buf;
+        int fd, target;
+        ssize_t n;
+        p.revents = 0;
+        if (poll(&p, 1, 20) <= 0)
+            return;
+        if ((n = fy_handoff_recv(p.fd, w->mailbox_buf, w->mailbox_cap, &fd)) == FY_AGAIN)
+            continue;
+        if (n < 0)
+            continue;
+        target = fy_worker_successor(w);
+        if (target < 0 || fy_handoff_send(w->mailbox_send[target], h, w->mailbox_buf + sizeof(*h), fd) != FY_OK)
+            fy_log_warn("worker %d: leaving: a connection handed to it could not be passed on", w->index);
+        close(fd);
+    }
+}
+
+/* At exit: close every connection and fd the worker holds and free its
+ * memory, so that nothing is left to the kernel's cleanup (valgrind's leak
+ * and fd checks run on the e2e suite: make test-valgrind). */
+static void worker_free(fy_worker_t *w)
+{
+    fy_agentconn_t *ac;
+    uint32_t b;
+    int i;
+
+    while (w->clients != NULL)
+        fy_client_close(w->clients);
+    for (ac = w->agents; ac != NULL; ac = ac->next)
+        fy_tun_close(&ac->tun, "the worker is exiting");
+    while (fy_ev_tasks_pending(w->ev))
+        fy_ev_run_tasks(w->ev);   /* the agents' closes and every deferred free */
+    fy_access_flush(w);
+    for (b = 0; w->tunnels != NULL && b < w->ntbuckets; b++)
+        while (w->tunnels[b] != NULL)
+            fy_tunnel_remove(w, w->tunnels[b]);
+    free(w->tunnels);
+    w->tunnels = NULL;
+    for (i = 0; i < w->nlisteners; i++) {
+        if (w->listeners[i].io.fd >= 0) {
+            fy_io_del(w->ev, &w->listeners[i].io);
+            close(w->listeners[i].io.fd);
+            w->listeners[i].io.fd = -1;
+        }
+    }
+    for (i = 0; i < FY_SHM_MAX_WORKERS; i++) {
+        if (w->mailbox_send[i] >= 0)
+            close(w->mailbox_send[i]);
+        w->mailbox_send[i] = -1;
+    }
+    fy_io_del(w->ev, &w->mailbox);
+    close(w->mailbox.fd);
+    fy_io_del(w->ev, &w->sigio);
+    close(w->sigio.fd);
+    fy_chan_close(&w->ctl);
+    fy_timer_stop(w->ev, &w->retry_timer);
+    fy_timer_stop(w->ev, &w->drain_timer);
+    fy_timer_stop(w->ev, &w->access_timer);
+    close(w->shm.fd);
+    fy_shm_detach(&w->shm);
+    w->rec = NULL;
+    free(w->mailbox_buf);
+    w->mailbox_buf = NULL;
+    if (w->conf->auth != NULL)
+        fy_auth_free(w->conf->auth);
+    fy_config_free(w->conf);
+    w->conf = NULL;
+    fy_ev_free(w->ev);
+    w->ev = NULL;
+    fy_log_close();
+}
+
 int fy_worker_main(const fy_worker_setup_t *st)
 {
     fy_worker_t w;
@@ -518,5 +628,7 @@ int fy_worker_main(const fy_worker_setup_t *st)
     fy_acl_stop(&w);
     fy_access_flush(&w);
     atomic_store(&w.rec->state, FY_SHM_W_DOWN);
+    pass_on_mailbox(&w);
+    worker_free(&w);
     return 0;
 }

@@ -236,6 +236,8 @@ void fy_ev_run_tasks(fy_ev_t *ev)
     }
 }
 
+bool fy_ev_tasks_pending(const fy_ev_t *ev) { return ev->tasks != NULL; }
+
 static void run_timers(fy_ev_t *ev)
 {
     while (ev->nheap > 0 && ev->heap[0]->deadline <= ev->now) {

@@ -80,6 +80,8 @@ int fy_ev_run_once(fy_ev_t *ev);
 
 /* Run the queued tasks now (at shutdown, so deferred frees happen). */
 void fy_ev_run_tasks(fy_ev_t *ev);
+/* Tasks are queued (fy_ev_run_tasks runs a bounded batch). */
+bool fy_ev_tasks_pending(const fy_ev_t *ev);
 
 /* Run until fy_ev_stop is called. */
 void fy_ev_run(fy_ev_t *ev);

@@ -36,6 +36,13 @@ int fy_log_open(const char *file, bool json)
     return FY_OK;
 }
 
+void fy_log_close(void)
+{
+    if (log_fd > 2)
+        close(log_fd);
+    log_fd = 2;
+}
+
 size_t fy_log_json_escape(char *out, size_t cap, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";

@@ -22,6 +22,8 @@ void fy_log_set_level(enum fy_log_level lvl);
  * old destination kept.
  */
 int fy_log_open(const char *file, bool json) FY_MUST_USE;
+/* At exit: close the log file (later lines go to stderr). */
+void fy_log_close(void);
 
 /* Append s[0..n) to out as the inside of a JSON string (escaped). */
 size_t fy_log_json_escape(char *out, size_t cap, const char *s, size_t n);

@@ -26,6 +26,7 @@ from harness import Agent, Proc, Relay, Tunnel, poll, wait  # noqa: E402
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long runs (1 GiB flow control, dead-relay detection); make test-slow")
+    config.addinivalue_line("markers", "valgrind: the subset run under valgrind memcheck; make test-valgrind")
 
 
 _kept = []      # (what, dir) printed at the end
@@ -103,6 +104,25 @@ def _check_sanitizers(paths):
     found = harness.sanitizer_reports(paths)
     if found:
         pytest.fail("sanitizer report(s) at teardown:\n" + "\n".join(
+            "== %s\n%s" % (os.path.basename(p), text) for p, text in found), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _valgrind_check(request):
+    """FERRY_VALGRIND=1: after everything else of the test is torn down (its
+    processes stopped), fail it if a valgrind log in its directory reports
+    an error or a definite leak."""
+    yield
+    if not harness.VALGRIND:
+        return
+    paths = []
+    for nodeid, d in _workdirs:
+        if nodeid == request.node.nodeid:
+            paths += harness.valgrind_logs(d)
+    found = harness.valgrind_reports(paths)
+    if found:
+        _failed.add(request.node.nodeid)
+        pytest.fail("valgrind report(s):\n" + "\n".join(
             "== %s\n%s" % (os.path.basename(p), text) for p, text in found), pytrace=False)
 
 

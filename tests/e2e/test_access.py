@@ -166,6 +166,7 @@ def rec_origin():
 # allow / deny
 
 
+@pytest.mark.valgrind
 def test_allow_matching_client(relay_factory, tunnel_factory):
     relay = relay_factory(access=[{"tunnels": "app", "allow": ["127.0.0.0/8"]}])
     tunnel_factory("app", relay=relay)
@@ -257,6 +258,7 @@ def test_deny_by_source_address(relay_factory, tunnel_factory):
     assert xff_seen(r) == ["127.0.0.1"]
 
 
+@pytest.mark.valgrind
 def test_deny_wins_over_allow(relay_factory, tunnel_factory):
     relay = relay_factory(access=[{"tunnels": "app", "allow": ["127.0.0.0/8"], "deny": ["127.0.0.2"]}])
     tunnel_factory("app", relay=relay)
@@ -267,6 +269,7 @@ def test_deny_wins_over_allow(relay_factory, tunnel_factory):
     assert get(relay, "app").status == 200
 
 
+@pytest.mark.valgrind
 def test_rules_hold_on_every_worker(relay_factory, tunnel_factory):
     """With several workers a request may land on one that does not own the
     tunnel and be handed off: the rule still judges the real client."""
@@ -343,6 +346,7 @@ def locked(relay_factory, tunnel_factory):
     return relay
 
 
+@pytest.mark.valgrind
 def test_basic_auth(locked):
     relay = locked
     assert_denied(get(relay, "locked"), 401)
@@ -572,6 +576,7 @@ def test_reload_with_costly_hash_keeps_running(relay_factory, tunnel_factory):
 # X-Forwarded-For and trust_forwarded_from
 
 
+@pytest.mark.valgrind
 def test_spoofed_xff_from_untrusted_client(relay_factory, tunnel_factory):
     relay = relay_factory(trust_forwarded_from=[], access=[{"tunnels": "ten", "allow": ["10.0.0.0/8"]},
                                                            {"tunnels": "noten", "deny": ["10.0.0.0/8"]}])
@@ -588,6 +593,7 @@ def test_spoofed_xff_from_untrusted_client(relay_factory, tunnel_factory):
                                              ("Forwarded", "for=10.1.2.3")]), 403)
 
 
+@pytest.mark.valgrind
 def test_xff_from_trusted_client(relay_factory, tunnel_factory):
     relay = relay_factory(trust_forwarded_from=["127.0.0.1/32"],
                           access=[{"tunnels": "ten", "allow": ["10.0.0.0/8"]}])

@@ -161,6 +161,7 @@ def auth_relay(relay_factory, key):
 # the answers
 
 
+@pytest.mark.valgrind
 def test_covered_id_connects_and_serves(auth_relay, key, agent_factory):
     relay = auth_relay
     token, jti = mint("team-*", key=key)
@@ -188,6 +189,7 @@ def test_token_from_the_relay_config(relay_factory, key, agent_factory):
     assert Tunnel(relay, a).get("/echo").status_code == 200
 
 
+@pytest.mark.valgrind
 def test_missing_token_401(auth_relay, agent_factory):
     assert_refused_both(auth_relay, "team-a", None, 401, "token_missing", "missing token")
     refused_agent(agent_factory, auth_relay, "team-a", None, 401, "missing token")
@@ -218,6 +220,7 @@ def test_expired_token_401(auth_relay, key, agent_factory):
     refused_agent(agent_factory, auth_relay, "team-a", token, 401, "expired token")
 
 
+@pytest.mark.valgrind
 def test_revoked_token_401(relay_factory, key, workdir, agent_factory):
     token, jti = mint("team-*", key=key)
     good, _ = mint("team-*", key=key)
@@ -241,6 +244,7 @@ def test_uncovered_id_403(auth_relay, key, agent_factory):
     refused_agent(agent_factory, auth_relay, "other", token, 403, 'does not cover tunnel "other"')
 
 
+@pytest.mark.valgrind
 @pytest.mark.parametrize("workers", [1, 2])
 def test_second_token_for_a_held_id_409(relay_factory, key, agent_factory, workers):
     relay = relay_factory(auth={"key": key}, workers=workers)
@@ -280,6 +284,7 @@ def test_connection_limit_503(auth_relay, key):
             c.close()
 
 
+@pytest.mark.valgrind
 def test_static_tokens(relay_factory, key, agent_factory):
     token, entry = static_token("CI-*")
     assert token.startswith("fys_")

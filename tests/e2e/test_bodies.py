@@ -5,7 +5,12 @@ import hashlib
 import os
 import random
 
+import pytest
+
 from origin import pattern_sha256
+
+# The whole module is in the valgrind subset (make test-valgrind).
+pytestmark = pytest.mark.valgrind
 
 
 def test_chunked_upload_raw_random_chunks(tunnel):

@@ -8,6 +8,9 @@ import pytest
 
 from harness import RawConn, free_port, wait
 
+# The whole module is in the valgrind subset (make test-valgrind).
+pytestmark = pytest.mark.valgrind
+
 UPSTREAM_TIMEOUT = wait(2)
 
 

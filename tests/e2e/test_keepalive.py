@@ -5,7 +5,12 @@ import hashlib
 import os
 import subprocess
 
+import pytest
+
 from harness import build_request, echo_headers, wait
+
+# The whole module is in the valgrind subset (make test-valgrind).
+pytestmark = pytest.mark.valgrind
 
 
 def test_hundred_requests_one_connection(tunnel):

@@ -502,6 +502,7 @@ def test_signal_without_a_running_master(workdir):
 # reload
 
 
+@pytest.mark.valgrind
 def test_reload_applies_new_settings_and_keeps_tunnels(relay_factory, agent_factory, masters, workdir):
     """HUP with valid changes (default_tunnel, a new listener, a smaller
     limits.max_header_bytes, route_order): new requests see them; the
@@ -799,6 +800,7 @@ def test_reload_switches_the_log_format(relay_factory, agent_factory, masters, w
 # graceful shutdown (QUIT)
 
 
+@pytest.mark.valgrind
 def test_quit_drains_in_flight_streams(relay_factory, agent_factory, masters, origin, workdir):
     """QUIT during a long download and a 5-second SSE stream: both complete
     intact; the agent gets GOAWAY; /health answers 503 draining; a new
@@ -1070,6 +1072,7 @@ def finish_upgrade(relay, pidfile, old, new, ids, min_index):
     assert not os.path.exists(pidfile + ".oldbin"), "PIDFILE.oldbin left behind"
 
 
+@pytest.mark.valgrind
 def test_binary_upgrade_under_load(relay_factory, agent_factory, masters, workdir):
     """USR2 + WINCH + QUIT while fresh and keep-alive requests flow and a
     long download is in flight: zero failed requests, the download intact,
@@ -1254,10 +1257,6 @@ def test_new_master_killed_after_start_leaves_the_old_one(relay_factory, agent_f
 # the issue's acceptance run: 4 tunnels, 4 workers, 10 HUPs, 2 upgrades
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known open race (issue 6 stays open): during two back-to-back binary upgrades under load, "
-    "1 to 4 of ~30,000 requests can get 404 tunnel_offline while an agent moves between "
-    "generations; single upgrades and reloads under load (the tests above) lose nothing"))
 def test_acceptance_reloads_and_upgrades_under_load(relay_factory, agent_factory, masters, workdir):
     """Load through 4 tunnels on 4 workers (fresh and keep-alive
     connections) for about 20 s while the master gets 10 HUPs and then 2

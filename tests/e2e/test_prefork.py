@@ -407,6 +407,7 @@ def test_eight_tunnels_four_workers_fresh_connections(relay_factory, agent_facto
     fds_back_to(workers, baseline)
 
 
+@pytest.mark.valgrind
 def test_eight_tunnels_keepalive_alternating(relay_factory, agent_factory, named_origins):
     """Keep-alive connections whose every request names another tunnel than
     the one before (a, b, a, b... and one walking all 8): each request moves
@@ -544,6 +545,7 @@ def test_kill_owner_worker_while_requests_flow(relay_factory, agent_factory, nam
     assert session().get(relay.admin_url("/health"), timeout=wait(5)).text.strip() == "ok"
 
 
+@pytest.mark.valgrind
 def test_mailbox_of_a_dead_worker_is_served_by_its_replacement(relay_factory, agent_factory, named_origins):
     """Connections handed to a worker that is stopped, then killed, wait in its
     mailbox (the master keeps it open) and its replacement serves them."""

@@ -2,9 +2,12 @@
 ?tunnelid=, default_tunnel, route_order, case folding, per-request routing
 on a keep-alive connection (SPEC "Routing an end-user request")."""
 
+import pytest
+
 from harness import RawConn, echo_headers
 
 
+@pytest.mark.valgrind
 def test_route_by_host(tunnel):
     r = tunnel.get("/echo?x=1")
     assert r.status_code == 200, r.text
@@ -20,6 +23,7 @@ def test_route_by_host_without_port(tunnel):
     assert echo_headers(r.json(), "X-Tunnel-Id") == ["app"]
 
 
+@pytest.mark.valgrind
 def test_route_by_path_prefix(tunnel):
     r = tunnel.get("/t/app/echo?x=1&y=2", host="127.0.0.1:%d" % tunnel.port)
     assert r.status_code == 200, r.text
@@ -54,6 +58,7 @@ def test_route_by_custom_path_prefix(relay_factory, tunnel_factory):
     assert echo_headers(r.json(), "X-Forwarded-Prefix") == ["/tun/app"]
 
 
+@pytest.mark.valgrind
 def test_route_by_header(tunnel):
     r = tunnel.get("/echo", host="127.0.0.1:%d" % tunnel.port, headers={"X-Tunnel-Id": "app"})
     assert r.status_code == 200, r.text
@@ -62,6 +67,7 @@ def test_route_by_header(tunnel):
     assert echo_headers(j, "X-Tunnel-Id") == ["app"]
 
 
+@pytest.mark.valgrind
 def test_route_by_query(tunnel):
     r = tunnel.get("/echo?a=1&tunnelid=app&b=2", host="127.0.0.1:%d" % tunnel.port)
     assert r.status_code == 200, r.text
@@ -70,6 +76,7 @@ def test_route_by_query(tunnel):
     assert echo_headers(j, "X-Tunnel-Id") == ["app"]
 
 
+@pytest.mark.valgrind
 def test_default_tunnel(relay_factory, tunnel_factory):
     t = tunnel_factory("app", relay=relay_factory(default_tunnel="app"))
     r = t.get("/echo", host="127.0.0.1:%d" % t.port)
@@ -137,6 +144,7 @@ def test_id_is_case_folded(tunnel):
     assert echo_headers(r.json(), "X-Tunnel-Id") == ["app"]
 
 
+@pytest.mark.valgrind
 def test_each_keepalive_request_routed_on_its_own(relay_factory, tunnel_factory):
     relay = relay_factory()
     tunnel_factory("alpha", relay=relay)
@@ -160,6 +168,7 @@ def test_agent_path_under_tunnel_host_goes_to_tunnel(tunnel):
     assert r.json()["path"] == "/_ferry/tunnel/app"
 
 
+@pytest.mark.valgrind
 def test_absolute_form_request_line(tunnel):
     with tunnel.raw() as c:
         r = c.request("GET", "http://%s/echo?abs=1" % tunnel.host, tunnel.host)

@@ -4,7 +4,12 @@ a second request), then the rest, then the end of the stream."""
 
 import uuid
 
+import pytest
+
 from harness import PeerClosed, RawConn
+
+# The whole module is in the valgrind subset (make test-valgrind).
+pytestmark = pytest.mark.valgrind
 
 
 class StreamReader:

@@ -10,6 +10,9 @@ import websockets
 
 from harness import wait
 
+# The whole module is in the valgrind subset (make test-valgrind).
+pytestmark = pytest.mark.valgrind
+
 
 @pytest.fixture
 def ws_tunnel(tunnel_factory, origin):
