@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #define FY_SHM_MAGIC        0x46455259u   /* "FERY" */
-#define FY_SHM_VERSION      1u
+#define FY_SHM_VERSION      2u
 #define FY_SHM_MAX_WORKERS  64
 #define FY_SHM_MAX_OWNERS   4
 #define FY_SHM_ID_LEN       64            /* 63 chars + NUL */
@@ -67,6 +67,7 @@ typedef struct fy_shm_worker_s {
     _Atomic uint64_t clients;                /* gauge */
     _Atomic uint32_t agents;                 /* gauge: agent connections it holds */
     uint32_t         pad2;
+    _Atomic uint64_t cluster[8];             /* by enum fy_cluster_counter (worker/cluster.h) */
 } fy_shm_worker_t;
 
 typedef struct fy_shm_hdr_s {
