@@ -333,8 +333,10 @@ def test_redirect_mode_with_curl_L(stack):
 
     def batch(b):
         urls = [s.nginx.url("/echo?tunnelid=%s&n=%d" % (tid, i)) for i, tid in enumerate(batches[b])]
-        out = subprocess.run(["curl", "-sS", "-L", "-o", "/dev/null", "-w", "%{http_code} %{num_redirects}\\n"]
-                             + urls, capture_output=True, text=True, timeout=wait(170))
+        args = ["curl", "-sS", "-L", "-w", "%{http_code} %{num_redirects}\\n"]
+        for u in urls:
+            args += ["-o", "/dev/null", u]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=wait(170))
         return out.stdout.split("\n")[:-1]
     lines = [x for chunk in load(batch, len(batches), threads=4) for x in chunk]
     assert len(lines) == 5000
