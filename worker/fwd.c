@@ -11,9 +11,11 @@
  * be local, or on a third node). A 101 turns both sides into a byte pipe
  * until each has closed (WebSocket across nodes).
  *
- * One request per node connection keeps the owner's side simple (the MAC
- * covers exactly one request, nothing else on that connection is trusted)
- * at the cost of a loopback/LAN connect per forwarded request.
+ * Node connections are kept alive and reused (a small idle pool per
+ * worker, FWD_POOL of them, closed after FWD_POOL_IDLE_MS): each request on
+ * them carries its own MAC, so the owner trusts nothing it did not sign. A
+ * reused connection the owner closed at the wrong moment is noticed before
+ * any response byte, and the request is routed again as new.
  *
  * Bounds: `up` holds at most the head plus FWD_BUF of body, `down` and
  * `rest` at most FWD_BUF each; reading stops while they are full. Timers:
@@ -33,6 +35,8 @@
 #include <unistd.h>
 
 #define FWD_BUF  (64u * 1024)
+#define FWD_POOL 64                 /* idle node connections per worker */
+#define FWD_POOL_IDLE_MS 4000       /* well under the owner's idle_timeout */
 
 enum { R_HEAD = 0, R_LENGTH, R_CHUNKED, R_CLOSE };
 
@@ -52,6 +56,7 @@ typedef struct fy_fwd_s {
     char               addr[64];
     uint64_t           started, last_active, wait_since;
     bool               connected;
+    bool               reused;         /* pio came from the idle pool */
     bool               client_read;    /* bytes came from the end user after the start */
     /* request */
     bool               req_done, req_chunked, req_close, upgrade_asked, is_head;
@@ -67,6 +72,103 @@ typedef struct fy_fwd_s {
     uint64_t           rbytes;
     fy_access_t        acc;
 } fy_fwd_t;
+
+/* --- idle node connections ------------------------------------------------- */
+
+typedef struct {
+    fy_io_t  io;              /* fd -1: a free entry; entries never move (epoll points at them) */
+    char     addr[64];
+    uint64_t since;           /* ms */
+} pooled_t;
+
+static pooled_t   pool[FWD_POOL];
+static fy_timer_t pool_timer;
+static fy_ev_t   *pool_ev;
+
+static void pool_drop(pooled_t *p)
+{
+    fy_io_del(pool_ev, &p->io);
+    close(p->io.fd);
+    p->io.fd = -1;
+}
+
+/* An idle connection turned readable: the node closed it (or sent what it
+ * should not have). Either way it is done. */
+static void on_pooled(fy_ev_t *ev, fy_io_t *io, uint32_t events)
+{
+    pool_drop(io->data);
+}
+
+static void on_pool_timer(fy_ev_t *ev, fy_timer_t *t)
+{
+    uint64_t now = fy_ev_now(ev);
+    bool any = false;
+
+    for (int i = 0; i < FWD_POOL; i++) {
+        if (pool[i].io.fd < 0 || pool[i].io.cb == NULL)
+            continue;
+        if (now - pool[i].since >= FWD_POOL_IDLE_MS)
+            pool_drop(&pool[i]);
+        else
+            any = true;
+    }
+    if (any)
+        fy_timer_arm(ev, &pool_timer, 1000);
+}
+
+static int pool_get(fy_worker_t *w, const char *addr)
+{
+    pooled_t *best = NULL;
+    int fd;
+
+    for (int i = 0; i < FWD_POOL; i++)
+        if (pool[i].io.cb != NULL && pool[i].io.fd >= 0 && strcmp(pool[i].addr, addr) == 0
+            && (best == NULL || pool[i].since > best->since))
+            best = &pool[i];
+    if (best == NULL)
+        return -1;
+    fd = best->io.fd;
+    fy_io_del(w->ev, &best->io);
+    best->io.fd = -1;
+    return fd;
+}
+
+/* Keep fd (a node connection between requests) for the next request to addr. */
+static void pool_put(fy_worker_t *w, const char *addr, int fd)
+{
+    pooled_t *slot = NULL;
+    int i;
+
+    pool_ev = w->ev;
+    for (i = 0; i < FWD_POOL; i++) {
+        if (pool[i].io.cb == NULL) {
+            pool[i].io.fd = -1;
+            pool[i].io.cb = on_pooled;
+            pool[i].io.data = &pool[i];
+        }
+        if (pool[i].io.fd < 0) {
+            slot = &pool[i];
+            break;
+        }
+        if (slot == NULL || pool[i].since < slot->since)
+            slot = &pool[i];   /* full: the oldest goes */
+    }
+    if (slot->io.fd >= 0)
+        pool_drop(slot);
+    slot->io.fd = fd;
+    slot->since = fy_ev_now(w->ev);
+    snprintf(slot->addr, sizeof(slot->addr), "%s", addr);
+    if (fy_io_set(w->ev, &slot->io, EPOLLIN | EPOLLRDHUP) != FY_OK) {
+        close(fd);
+        slot->io.fd = -1;
+        return;
+    }
+    pool_timer.cb = on_pool_timer;
+    if (!fy_timer_armed(&pool_timer))
+        fy_timer_arm(w->ev, &pool_timer, 1000);
+}
+
+/* --- one forwarded request ------------------------------------------------------ */
 
 static void on_client(fy_ev_t *ev, fy_io_t *io, uint32_t events);
 static void on_peer(fy_ev_t *ev, fy_io_t *io, uint32_t events);
@@ -279,6 +381,7 @@ static void scan_down(fy_fwd_t *f)
             f->down_unscanned -= (size_t)rc;
             f->rbytes += (uint64_t)rc;
             f->resp_started = true;
+            fy_buf_free(&f->orig);   /* the node answers: no replay from here on */
             f->wait_since = 0;
             if (r.status == 101) {
                 if (!f->upgrade_asked) {
@@ -383,6 +486,14 @@ static void read_peer(fy_fwd_t *f)
             return;   /* flush_down passes the close on once the bytes are out */
         if (f->rstate == R_CLOSE) {
             resp_end(f);
+        } else if (!f->resp_started && f->reused && f->down_unscanned == 0 && fy_buf_len(&f->orig) > 0
+                   && !f->client_read) {
+            /* An idle connection the node closed just as we reused it. */
+            fy_buf_t b = f->orig;
+            close_fd(f, &f->pio);
+            f->acc.start = 0;
+            give_back(f, &b, (uint16_t)(f->hops + 1));
+            fwd_close(f);
         } else if (!f->resp_started) {
             fy_cluster_count(f->w, FY_CC_FORWARD_FAILED, 1);
             fy_cluster_invalidate(f->w, f->id, NULL);
@@ -430,7 +541,15 @@ static void flush_down(fy_fwd_t *f)
     }
     if (!f->resp_done)
         return;
-    /* The response is out whole. */
+    /* The response is out whole: the node connection serves the next
+     * forwarded request unless something says it is finished. */
+    if (f->pio.fd >= 0 && f->connected && f->req_done && !f->req_close && !f->resp_close && !f->peer_eof
+        && fy_buf_len(&f->up) == 0 && f->down_unscanned == 0) {
+        int fd = f->pio.fd;
+        fy_io_del(f->w->ev, &f->pio);
+        f->pio.fd = -1;
+        pool_put(f->w, f->addr, fd);
+    }
     close_fd(f, &f->pio);
     if (f->resp_close || f->req_close || f->client_eof || !f->req_done) {
         fwd_close(f);
@@ -475,7 +594,6 @@ static void on_peer(fy_ev_t *ev, fy_io_t *io, uint32_t events)
             return;
         }
         f->connected = true;
-        fy_buf_free(&f->orig);
     }
     if (events & EPOLLOUT)
         flush_up(f);
@@ -619,6 +737,12 @@ void fy_fwd_start(fy_client_t *c, const fy_h1_request_t *req, const char *id, co
     if (f->req_done)
         f->wait_since = f->started;
     f->cio.fd = fy_client_detach_fd(c);   /* c is gone from here on */
+    if ((f->pio.fd = pool_get(w, addr)) >= 0) {
+        f->connected = f->reused = true;
+        flush_up(f);
+        update(f);
+        return;
+    }
     if (fy_net_parse_addr(addr, &ss, &sl) != FY_OK || (f->pio.fd = fy_net_connect((struct sockaddr *)&ss, sl)) < 0) {
         connect_failed(f, errno ? errno : EINVAL);
         return;
