@@ -90,6 +90,8 @@ void fy_client_adopt(fy_worker_t *w, int fd, const fy_handoff_hdr_t *h, const ui
         return;
     c->hops = h->hops;
     c->prejudged = (h->flags & FY_HANDOFF_F_JUDGED) != 0;
+    if (h->len == 0)
+        c->head_started = 0;   /* an idle keep-alive connection: idle_timeout, not header_timeout */
     if (fy_buf_append(&c->in, bytes, h->len, in_max(c)) != FY_OK) {
         fy_client_error(c, false, 431, "header_too_large", "the request head is too large");
         return;
