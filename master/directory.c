@@ -67,7 +67,9 @@ static unsigned refresh_all(void)
 
 static void on_refresh(fy_ev_t *ev, fy_timer_t *t)
 {
-    if (D.redis.up)
+    /* The PING notices a Redis that stopped answering even on a node that
+     * holds no tunnel (a command unanswered for cluster.timeout: down). */
+    if (D.redis.up && fy_redis_command(&D.redis, NULL, NULL, "PING") == FY_OK)
         (void)refresh_all();
     fy_timer_arm(ev, &D.refresh, ttl() / 3);
 }

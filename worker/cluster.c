@@ -163,7 +163,7 @@ static bool split4(const char *v, size_t n, const char *f[4], size_t fl[4])
 int fy_cluster_inbound(fy_client_t *c, const fy_h1_request_t *req, const char **code, const char **msg)
 {
     const fy_conf_t *conf = c->w->conf;
-    const fy_h1_header_t *h = fy_h1_find(req->headers, req->nheaders, FY_CLUSTER_HEADER);
+    const fy_h1_header_t *h;
     const char *f[4];
     size_t fl[4], binlen;
     uint8_t want[32], got[32];
@@ -174,7 +174,7 @@ int fy_cluster_inbound(fy_client_t *c, const fy_h1_request_t *req, const char **
     int64_t now = (int64_t)time(NULL);
 
     c->from_node = false;
-    if (h == NULL || !conf->cluster.on)
+    if (!conf->cluster.on || (h = fy_h1_find(req->headers, req->nheaders, FY_CLUSTER_HEADER)) == NULL)
         return 0;   /* not clustered: rewritten away, never trusted */
     *code = "node_mac_invalid";
     *msg = "X-Ferry-Forwarded: not a valid node signature";

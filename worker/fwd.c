@@ -38,8 +38,6 @@
 #define FWD_POOL 64                 /* idle node connections per worker */
 #define FWD_POOL_IDLE_MS 4000       /* well under the owner's idle_timeout */
 
-enum { R_HEAD = 0, R_LENGTH, R_CHUNKED, R_CLOSE };
-
 typedef struct fy_fwd_s {
     fy_worker_t       *w;
     fy_io_t            cio, pio;        /* end user, owner node */
@@ -59,14 +57,12 @@ typedef struct fy_fwd_s {
     bool               reused;         /* pio came from the idle pool */
     bool               client_read;    /* bytes came from the end user after the start */
     /* request */
-    bool               req_done, req_chunked, req_close, upgrade_asked, is_head;
-    uint64_t           body_left;
-    fy_h1_chunked_t    chunked;
+    bool               req_done, req_close, upgrade_asked, is_head;
+    fy_h1_framer_t     qbody;           /* the request body */
     bool               client_eof, peer_eof, shut_peer, shut_client;
     /* response */
-    int                rstate;
-    uint64_t           rbody_left;
-    fy_h1_chunked_t    rchunked;
+    bool               in_body;         /* the response head is through: rbody frames the rest */
+    fy_h1_framer_t     rbody;
     bool               resp_started, resp_done, resp_close, tunnel;
     int                status;
     uint64_t           rbytes;
@@ -259,23 +255,18 @@ static void answer(fy_fwd_t *f, int status, const char *code, const char *msg)
 /* Body bytes of the request go to `up`, anything after it to `rest`. */
 static int feed_client(fy_fwd_t *f, const uint8_t *p, size_t n)
 {
-    size_t body = n;
+    size_t body;
+    ssize_t used;
 
     if (f->tunnel)
         return fy_buf_append(&f->up, p, n, SIZE_MAX);
     if (f->req_done)
         return fy_buf_append(&f->rest, p, n, SIZE_MAX);
-    if (f->req_chunked) {
-        ssize_t used = fy_h1_chunked_scan(&f->chunked, (const char *)p, n);
-        if (used < 0)
-            return FY_ERR;
-        body = (size_t)used;
-        f->req_done = f->chunked.done;
-    } else {
-        body = (size_t)FY_MIN((uint64_t)n, f->body_left);
-        f->body_left -= body;
-        f->req_done = f->body_left == 0;
-    }
+    used = fy_h1_framer_scan(&f->qbody, (const char *)p, n);
+    if (used < 0)
+        return FY_ERR;
+    body = (size_t)used;
+    f->req_done = f->qbody.done;
     if (fy_buf_append(&f->up, p, body, SIZE_MAX) != FY_OK)
         return FY_ERR;
     return body < n ? fy_buf_append(&f->rest, p + body, n - body, SIZE_MAX) : FY_OK;
@@ -356,109 +347,79 @@ static void scan_down(fy_fwd_t *f)
 
     while (f->down_unscanned > 0 && !f->resp_done && !f->tunnel) {
         uint8_t *p = f->down.base + f->down.wpos - f->down_unscanned;
-        size_t n = f->down_unscanned, take;
+        size_t n = f->down_unscanned;
+        fy_h1_header_t hdrs[128];
+        fy_h1_limits_t lim = {FY_NELEM(hdrs), conf->limits.max_header_bytes};
+        fy_h1_response_t r;
+        const fy_h1_header_t *e;
+        ssize_t used;
+        int rc;
 
-        switch (f->rstate) {
-        case R_HEAD: {
-            fy_h1_header_t hdrs[128];
-            fy_h1_limits_t lim = {FY_NELEM(hdrs), conf->limits.max_header_bytes};
-            fy_h1_response_t r;
-            const fy_h1_header_t *e;
-            int rc = fy_h1_parse_response((const char *)p, n, &r, hdrs, &lim, f->is_head);
-
-            if (rc == FY_AGAIN && n < conf->limits.max_header_bytes)
-                return;
-            if (rc < 0) {
-                fy_log_warn("cluster: node %s sent an invalid response for tunnel %s", f->addr, f->id);
-                if (f->resp_started) {
-                    f->resp_close = true;
-                    resp_end(f);
-                } else {
-                    answer(f, 502, "bad_response", "the owner node sent an invalid response");
-                }
-                return;
-            }
-            f->down_unscanned -= (size_t)rc;
-            f->rbytes += (uint64_t)rc;
-            f->resp_started = true;
-            fy_buf_free(&f->orig);   /* the node answers: no replay from here on */
-            f->wait_since = 0;
-            if (r.status == 101) {
-                if (!f->upgrade_asked) {
-                    answer(f, 502, "bad_response", "the owner node switched protocols unasked");
-                    return;
-                }
-                f->status = 101;
-                f->tunnel = true;
-                resp_end(f);
-                f->resp_done = false;
-                /* What the client sent after its upgrade request goes on. */
-                if (fy_buf_len(&f->rest) > 0 && fy_buf_append(&f->up, fy_buf_data(&f->rest), fy_buf_len(&f->rest),
-                                                              SIZE_MAX) != FY_OK) {
-                    fwd_close(f);
-                    return;
-                }
-                f->rest.rpos = f->rest.wpos = 0;
-                f->rbytes += f->down_unscanned;
+        if (f->in_body) {
+            if ((used = fy_h1_framer_scan(&f->rbody, (const char *)p, n)) < 0) {
+                /* A bad chunk: cut the response short, without it. */
+                f->down.wpos -= f->down_unscanned;
                 f->down_unscanned = 0;
-                return;
-            }
-            if (r.status < 200)
-                break;   /* interim: the final response follows */
-            f->status = r.status;
-            if (r.status == 404 && (e = fy_h1_find(r.headers, r.nheaders, "x-ferry-error")) != NULL
-                && fy_ieq(e->value, e->value_len, "tunnel_offline"))
-                fy_cluster_invalidate(f->w, f->id, NULL);   /* the directory was behind: look again next time */
-            if (r.flags & FY_H1_F_CLOSE)
                 f->resp_close = true;
-            switch (r.body) {
-            case FY_H1_BODY_NONE:
-                resp_end(f);
-                break;
-            case FY_H1_BODY_LENGTH:
-                f->rbody_left = r.content_length;
-                f->rstate = R_LENGTH;
-                if (f->rbody_left == 0)
-                    resp_end(f);
-                break;
-            case FY_H1_BODY_CHUNKED:
-                memset(&f->rchunked, 0, sizeof(f->rchunked));
-                f->rstate = R_CHUNKED;
-                break;
-            case FY_H1_BODY_UNTIL_CLOSE:
-                f->rstate = R_CLOSE;
-                f->resp_close = true;
-                break;
-            }
-            break;
-        }
-        case R_LENGTH:
-            take = (size_t)FY_MIN((uint64_t)n, f->rbody_left);
-            f->rbody_left -= take;
-            f->down_unscanned -= take;
-            f->rbytes += take;
-            if (f->rbody_left == 0)
-                resp_end(f);
-            break;
-        case R_CHUNKED: {
-            ssize_t used = fy_h1_chunked_scan(&f->rchunked, (const char *)p, n);
-            if (used < 0) {
-                f->resp_close = true;
-                f->down_unscanned = 0;
                 resp_end(f);
                 return;
             }
             f->down_unscanned -= (size_t)used;
             f->rbytes += (uint64_t)used;
-            if (f->rchunked.done)
+            if (f->rbody.done)
                 resp_end(f);
-            break;
+            continue;
         }
-        case R_CLOSE:
-            f->rbytes += n;
+        rc = fy_h1_parse_response((const char *)p, n, &r, hdrs, &lim, f->is_head);
+        if (rc == FY_AGAIN && n < conf->limits.max_header_bytes)
+            return;
+        if (rc < 0) {
+            fy_log_warn("cluster: node %s sent an invalid response for tunnel %s", f->addr, f->id);
+            if (f->resp_started) {
+                f->resp_close = true;
+                resp_end(f);
+            } else {
+                answer(f, 502, "bad_response", "the owner node sent an invalid response");
+            }
+            return;
+        }
+        f->down_unscanned -= (size_t)rc;
+        f->rbytes += (uint64_t)rc;
+        f->resp_started = true;
+        fy_buf_free(&f->orig);   /* the node answers: no replay from here on */
+        f->wait_since = 0;
+        if (r.status == 101) {
+            if (!f->upgrade_asked) {
+                answer(f, 502, "bad_response", "the owner node switched protocols unasked");
+                return;
+            }
+            f->status = 101;
+            f->tunnel = true;
+            resp_end(f);
+            f->resp_done = false;
+            /* What the client sent after its upgrade request goes on. */
+            if (fy_buf_len(&f->rest) > 0 && fy_buf_append(&f->up, fy_buf_data(&f->rest), fy_buf_len(&f->rest),
+                                                          SIZE_MAX) != FY_OK) {
+                fwd_close(f);
+                return;
+            }
+            f->rest.rpos = f->rest.wpos = 0;
+            f->rbytes += f->down_unscanned;
             f->down_unscanned = 0;
-            break;
+            return;
         }
+        if (r.status < 200)
+            continue;   /* interim: the final response follows */
+        f->status = r.status;
+        if (r.status == 404 && (e = fy_h1_find(r.headers, r.nheaders, "x-ferry-error")) != NULL
+            && fy_ieq(e->value, e->value_len, "tunnel_offline"))
+            fy_cluster_invalidate(f->w, f->id, NULL);   /* the directory was behind: look again next time */
+        if ((r.flags & FY_H1_F_CLOSE) || r.body == FY_H1_BODY_UNTIL_CLOSE)
+            f->resp_close = true;
+        fy_h1_framer_start(&f->rbody, r.body, r.content_length);
+        f->in_body = true;
+        if (f->rbody.done)
+            resp_end(f);
     }
     if (f->resp_done && f->down_unscanned > 0) {
         /* Bytes after the one response we asked for: not ours to pass on. */
@@ -484,7 +445,7 @@ static void read_peer(fy_fwd_t *f)
         f->peer_eof = true;
         if (f->tunnel)
             return;   /* flush_down passes the close on once the bytes are out */
-        if (f->rstate == R_CLOSE) {
+        if (f->in_body && f->rbody.kind == FY_H1_BODY_UNTIL_CLOSE) {
             resp_end(f);
         } else if (!f->resp_started && f->reused && f->down_unscanned == 0 && fy_buf_len(&f->orig) > 0
                    && !f->client_read) {
@@ -715,9 +676,8 @@ void fy_fwd_start(fy_client_t *c, const fy_h1_request_t *req, const char *id, co
     f->is_head = req->method_len == 4 && memcmp(req->method, "HEAD", 4) == 0;
     f->upgrade_asked = (req->flags & FY_H1_F_UPGRADE) != 0;
     f->req_close = (req->flags & FY_H1_F_CLOSE) != 0;
-    f->req_chunked = req->body == FY_H1_BODY_CHUNKED;
-    f->body_left = req->body == FY_H1_BODY_LENGTH ? req->content_length : 0;
-    f->req_done = !f->req_chunked && f->body_left == 0;
+    fy_h1_framer_start(&f->qbody, req->body, req->content_length);
+    f->req_done = f->qbody.done;
     fy_access_note(&f->acc, f->started, req, id, false);
     /* The head as sent, with our header after the request line. */
     eol = memchr(in + start, '\n', req->head_len - start);

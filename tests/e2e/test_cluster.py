@@ -19,7 +19,6 @@ import hashlib
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -28,7 +27,7 @@ import pytest
 import requests
 import websockets
 
-from harness import (FERRYD, ROOT, Proc, alive, descendants, free_port, poll, session, tail, tcp_open, wait)
+from harness import FERRYD, ROOT, Proc, alive, free_port, poll, session, tcp_open, wait
 
 TOOLS = os.path.join(ROOT, "tools", "cluster")
 NGINX = "/usr/sbin/nginx"
@@ -73,7 +72,23 @@ def front_config(src, ports, listen):
     return re.sub(r"(?m)^.*server .*127\.0\.0\.1:818\d\b.*\n", "", text)
 
 
-class Nginx:
+class Front:
+    """A load balancer in front of the nodes (self.port, self.proc)."""
+
+    @property
+    def server(self):
+        return "ws://127.0.0.1:%d" % self.port
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def stop(self):
+        self.proc.stop(sig=self.stop_signal)
+
+
+class Nginx(Front):
+    stop_signal = signal.SIGQUIT
+
     def __init__(self, workdir, src, ports):
         self.dir = os.path.join(workdir, "nginx")
         os.makedirs(self.dir, exist_ok=True)
@@ -103,18 +118,10 @@ http {
         poll(lambda: tcp_open(self.port), wait(10), what="nginx listening")
         self.proc.note_children()
 
-    @property
-    def server(self):
-        return "ws://127.0.0.1:%d" % self.port
 
-    def url(self, path):
-        return "http://127.0.0.1:%d%s" % (self.port, path)
+class Haproxy(Front):
+    stop_signal = signal.SIGTERM
 
-    def stop(self):
-        self.proc.stop(sig=signal.SIGQUIT)
-
-
-class Haproxy:
     def __init__(self, workdir, src, ports):
         self.port = free_port()
         conf = os.path.join(workdir, "haproxy.cfg")
@@ -122,16 +129,6 @@ class Haproxy:
             f.write(front_config(src, ports, self.port))
         self.proc = Proc("haproxy", [HAPROXY, "-db", "-f", conf], workdir)
         poll(lambda: tcp_open(self.port), wait(10), what="haproxy listening")
-
-    @property
-    def server(self):
-        return "ws://127.0.0.1:%d" % self.port
-
-    def url(self, path):
-        return "http://127.0.0.1:%d%s" % (self.port, path)
-
-    def stop(self):
-        self.proc.stop()
 
 
 def write_secret(workdir):
@@ -429,6 +426,29 @@ def test_redis_down_local_keeps_working_remote_503_then_recovers(stack):
         # Loud, and once per change.
         assert log.count("DIRECTORY redis://") == 1, log
         assert "directory redis://127.0.0.1:%d answers" % s.redis.port in log
+
+
+def test_redis_slow_sigstop_counts_as_down(stack):
+    """A stopped (SIGSTOP) Redis still accepts connections but never
+    answers: after cluster.timeout it is down, the same as a dead one."""
+    s = stack("proxy", nodes=2)
+    s.agents["a"] = s.agent_factory(s.nodes[0], subdomain="a")
+    poll(lambda: "a" in s.directory(), wait(10), what="tunnel in the directory")
+    n1, n2 = s.nodes
+    assert s.get(n2.url(""), "a").status_code == 200
+    os.kill(s.redis.proc.pid, signal.SIGSTOP)
+    try:
+        def unavailable():
+            r = s.get(n2.url(""), "a")
+            return r.status_code == 503 and r.headers.get("X-Ferry-Error") == "cluster_unavailable"
+        poll(unavailable, wait(15), interval=0.2, what="503 while Redis does not answer")
+        assert s.get(n1.url(""), "a").status_code == 200   # local: served all along
+        poll(lambda: "DIRECTORY redis://" in n1.log(), wait(15), what="the master's loud line")
+    finally:
+        os.kill(s.redis.proc.pid, signal.SIGCONT)
+    poll(lambda: s.get(n2.url(""), "a").status_code == 200, wait(15), what="forwarding again")
+    for n in (n1, n2):
+        assert n.log().count("DIRECTORY redis://") <= 1
 
 
 # ---------------------------------------------------------------------------
