@@ -40,6 +40,8 @@ NTUNNELS = 20
 # processes
 
 class Redis:
+    started = []   # every instance, stopped at the test's end
+
     def __init__(self, workdir, port=None):
         self.workdir = workdir
         self.port = port or free_port()
@@ -48,6 +50,7 @@ class Redis:
     def start(self):
         self.proc = Proc("redis", [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                                    "--appendonly", "no", "--daemonize", "no"], self.workdir)
+        Redis.started.append(self)
         poll(lambda: tcp_open(self.port), wait(10), what="redis-server listening")
         return self
 
@@ -155,13 +158,13 @@ def sign(key, node, ts, client, method, target, host):
 def stack(workdir, relay_factory, agent_factory, origin, request):
     """make(mode="proxy", nodes=3) -> Stack: redis, nodes, nginx round-robin."""
     made = {}
+    Redis.started.clear()
 
     def make(mode="proxy", nodes=3, ttl="6s"):
         s = Stack()
         s.secret = write_secret(workdir)
         s.redis = Redis(workdir).start()
         request.node.ferry_logs.append(("redis", s.redis.proc.err_path))
-        made["redis"] = s.redis
         ports = [free_port() for _ in range(nodes)]
         for i in range(nodes):
             r = relay_factory(start=False, workers=2 if i == 0 else 1,
@@ -182,8 +185,9 @@ def stack(workdir, relay_factory, agent_factory, origin, request):
     yield make
     if "nginx" in made:
         made["nginx"].stop()
-    if "redis" in made:
-        made["redis"].stop()
+    for r in Redis.started:
+        r.stop()
+    Redis.started.clear()
 
 
 class Stack:
