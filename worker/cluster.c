@@ -289,8 +289,15 @@ bool fy_cluster_recheck(fy_client_t *c)
     if (cl == NULL || c->from_node || c->hops >= FY_MAX_HOPS)
         return false;
     e = find(cl, c->tunnel_id);
-    return e == NULL || e->state == E_FOUND
-        || (e->state == E_ABSENT && fy_ev_now(c->w->ev) >= e->expires);
+    if (e == NULL)
+        return true;
+    if (e->state == E_PENDING)
+        return false;
+    if (fy_ev_now(c->w->ev) >= e->expires)
+        return true;   /* time to ask again */
+    /* A fresh owner elsewhere that is neither us nor a node that just refused. */
+    return e->state == E_FOUND && strcmp(e->node, c->w->conf->cluster.node) != 0
+        && !is_bad(cl, e->addr, fy_ev_now(c->w->ev));
 }
 
 /* The 307 target: the owner's advertise URL and a target that names the
