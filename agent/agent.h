@@ -18,6 +18,7 @@
 #include "http1/http1.h"
 #include "net/net.h"
 #include "tun/tun.h"
+#include "tls/tls.h"
 
 #include <sys/socket.h>
 
@@ -203,6 +204,10 @@ struct fy_probe_s {
     char        target[280];    /* "host:port" for errors */
     fy_probe_cb cb;
     void       *data;
+    SSL_CTX    *tls_ctx;        /* set by the caller: over TLS (the relay's wss://) */
+    const char *tls_host;       /* ... to this name */
+    fy_tls_pump_t *pump;        /* until its handshake is done */
+    char        tls_err[256];   /* why the handshake failed */
 };
 
 /* Start a GET (req: the whole request, copied). FY_OK, or FY_ERR when it
@@ -309,6 +314,7 @@ extern const char *const fy_astate_names[];
 
 enum fy_tconn_state {
     FY_TC_CONNECTING = 0,  /* TCP connect in progress */
+    FY_TC_TLS,             /* wss://: the TLS handshake (a pump, common/tls) */
     FY_TC_UPGRADE,         /* upgrade request sent, reading the answer */
     FY_TC_HELLO,           /* 101 received, HELLO sent, waiting for READY */
     FY_TC_READY,
@@ -350,7 +356,8 @@ struct fy_tconn_s {
     bool            retire;       /* the replacement is ready: close once idle */
     bool            upgraded;     /* tun is live */
     bool            closed;
-    fy_io_t         io;           /* before the upgrade */
+    fy_io_t         io;           /* before the upgrade (over wss://, the pump's plaintext end) */
+    fy_tls_pump_t  *pump;         /* wss://: until its handshake is done */
     fy_buf_t        hbuf;         /* handshake bytes in or out */
     size_t          hsent;
     char            ws_key[25];
@@ -403,6 +410,8 @@ struct fy_agent_s {
     char            session[33];
     char            server_url[400];
     bool            server_tls;
+    char            server_host[256];       /* wss://: the name its certificate must carry (and SNI) */
+    SSL_CTX        *tls_ctx;                /* wss:// */
     char            host_header[300];       /* Host: of the upgrade */
     char            agent_path[256];
     struct sockaddr_storage server;

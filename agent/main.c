@@ -203,10 +203,10 @@ static int set_server(fy_agent_t *a, const char *url)
 
     if (fy__split_url(url, scheme, host, port, path, tls ? "443" : "80") != FY_OK)
         return fatal("--server %s: not a ws:// URL (e.g. ws://relay.example.com:8080)", url);
-    if (tls)
-        return fatal("--server %s: wss:// (TLS to the relay) is not implemented yet in ferry %s", url, FY_VERSION);
-    if (strcmp(scheme, "ws") && strcmp(scheme, "http"))
-        return fatal("--server %s: the scheme must be ws://", url);
+    if (strcmp(scheme, tls ? "wss" : "ws") && strcmp(scheme, tls ? "https" : "http"))
+        return fatal("--server %s: the scheme must be ws:// or wss://", url);
+    a->server_tls = tls;
+    snprintf(a->server_host, sizeof(a->server_host), "%s", host);
     if (fy__resolve(host, port, &a->server, &a->serverlen) != FY_OK)
         return fatal("--server %s: cannot resolve %s", url, host);
     pl = strlen(path);
@@ -405,6 +405,16 @@ static int run(cli_t *c)
     }
     if (set_server(&a, server) != 0)
         goto fail;
+    if (a.server_tls) {
+        const char *ca = c->ca ? c->ca : cfg.server_ca;
+        if ((a.tls_ctx = fy_tls_client_ctx(ca, c->insecure, err, sizeof(err))) == NULL) {
+            fatal("%s", err);
+            goto fail;
+        }
+    } else if (c->ca != NULL || c->insecure) {
+        fatal("--ca and --insecure are for a wss:// relay; --server %s is not one", server);
+        goto fail;
+    }
     if (token != NULL && (strlen(token) >= sizeof(a.authtoken) || strpbrk(token, "\r\n"))) {
         fatal("the authtoken is not valid (one line, at most %zu bytes)", sizeof(a.authtoken) - 1);
         goto fail;
@@ -495,11 +505,14 @@ out:
         fy_timer_stop(a.ev, &a.tick);
         while (a.tunnels != NULL)
             fy_atunnel_remove(a.tunnels);
+        fy_tls_pump_close_all();
         /* Closes queue frees that queue more frees: a few rounds. */
         for (i = 0; i < 6; i++)
             fy_ev_run_tasks(a.ev);
         fy_ev_free(a.ev);
     }
+    if (a.tls_ctx != NULL)
+        SSL_CTX_free(a.tls_ctx);
     if (a.sigio.fd >= 0)
         close(a.sigio.fd);
     if (log_fd > 2)

@@ -16,8 +16,16 @@
 static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events);
 static void on_timeout(fy_ev_t *ev, fy_timer_t *t);
 
+static void drop_pump(fy_probe_t *p)
+{
+    if (p->pump != NULL)
+        fy_tls_pump_forget(p->pump);
+    p->pump = NULL;
+}
+
 static void finish(fy_probe_t *p, int status, const char *body, size_t blen, const char *err)
 {
+    drop_pump(p);
     if (p->io.fd >= 0) {
         fy_io_del(p->ev, &p->io);
         close(p->io.fd);
@@ -47,6 +55,7 @@ int fy_probe_start(fy_probe_t *p, fy_ev_t *ev, const struct sockaddr *sa, sockle
     p->timer.data = p;
     p->sent = 0;
     p->connected = false;
+    p->tls_err[0] = '\0';
     snprintf(p->target, sizeof(p->target), "%s", target);
     fy_buf_free(&p->buf);
     if (fy_buf_append(&p->buf, req, reqlen, PROBE_MAX) != FY_OK) {
@@ -77,6 +86,7 @@ void fy_probe_cancel(fy_probe_t *p)
 {
     if (!p->busy)
         return;
+    drop_pump(p);
     if (p->io.fd >= 0) {
         fy_io_del(p->ev, &p->io);
         close(p->io.fd);
@@ -101,7 +111,7 @@ static void try_answer(fy_probe_t *p, bool eof)
     fy_h1_header_t hdrs[64];
     fy_h1_limits_t lim = {FY_NELEM(hdrs), PROBE_MAX};
     fy_h1_response_t r;
-    char err[400];
+    char err[600];
     size_t have;
     int rc = fy_h1_parse_response((const char *)fy_buf_data(&p->buf), fy_buf_len(&p->buf), &r, hdrs, &lim, false);
 
@@ -109,7 +119,7 @@ static void try_answer(fy_probe_t *p, bool eof)
         return;
     if (rc < 0) {
         snprintf(err, sizeof(err), "%s: %s", p->target,
-                 rc == FY_AGAIN ? "closed before answering" : "not an HTTP answer");
+                 p->tls_err[0] ? p->tls_err : rc == FY_AGAIN ? "closed before answering" : "not an HTTP answer");
         finish(p, 0, NULL, 0, err);
         return;
     }
@@ -130,6 +140,34 @@ static void try_answer(fy_probe_t *p, bool eof)
     }
 }
 
+static void on_tls_handshake(void *data, const char *err)
+{
+    fy_probe_t *p = data;
+    p->pump = NULL;
+    if (err != NULL)
+        snprintf(p->tls_err, sizeof(p->tls_err), "TLS handshake failed: %s", err);
+}
+
+/* Over TLS the request goes into the pump's plaintext end at once: it
+ * waits there for the handshake. */
+static int start_tls(fy_probe_t *p)
+{
+    SSL *ssl = fy_tls_client_ssl(p->tls_ctx, p->tls_host);
+    int net = p->io.fd, app;
+
+    fy_io_del(p->ev, &p->io);
+    p->io.fd = -1;
+    if (ssl == NULL) {
+        close(net);
+        return FY_ERR;
+    }
+    if ((p->pump = fy_tls_pump_start(p->ev, ssl, net, &app, UINT64_MAX / 2, UINT64_MAX / 2, on_tls_handshake, p))
+        == NULL)
+        return FY_ERR;
+    p->io.fd = app;
+    return fy_io_set(p->ev, &p->io, EPOLLOUT);
+}
+
 static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
 {
     fy_probe_t *p = io->data;
@@ -143,6 +181,11 @@ static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
             return;
         }
         p->connected = true;
+        if (p->tls_ctx != NULL && start_tls(p) != FY_OK) {
+            snprintf(err, sizeof(err), "%s: could not start TLS", p->target);
+            finish(p, 0, NULL, 0, err);
+        }
+        return;
     }
     if (p->sent != SIZE_MAX) {   /* still writing the request */
         ssize_t n = write(io->fd, fy_buf_data(&p->buf) + p->sent, fy_buf_len(&p->buf) - p->sent);

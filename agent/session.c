@@ -143,6 +143,8 @@ static void on_timer(fy_ev_t *ev, fy_timer_t *t)
                  a->authtoken[0] ? "Authorization: Bearer " : "", a->authtoken, a->authtoken[0] ? "\r\n" : "");
     a->sprobe.cb = on_probe;
     a->sprobe.data = a;
+    a->sprobe.tls_ctx = a->tls_ctx;
+    a->sprobe.tls_host = a->server_host;
     if (n < 0 || (size_t)n >= sizeof(req)
         || fy_probe_start(&a->sprobe, ev, (struct sockaddr *)&a->server, a->serverlen, a->host_header, req,
                           (size_t)n, SESSION_PROBE_MS) != FY_OK) {

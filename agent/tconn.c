@@ -116,6 +116,9 @@ static void tconn_close(fy_tconn_t *tc, const char *err, const char *body, bool 
     if (tc->upgraded) {
         fy_tun_close(&tc->tun, err);     /* on_tun_close frees it */
     } else {
+        if (tc->pump != NULL)
+            fy_tls_pump_forget(tc->pump);   /* it sees our end close, and closes */
+        tc->pump = NULL;
         fy_io_del(a->ev, &tc->io);
         if (tc->io.fd >= 0)
             close(tc->io.fd);
@@ -350,6 +353,48 @@ static void read_upgrade_answer(fy_tconn_t *tc)
     send_hello(tc);
 }
 
+static void on_tls_handshake(void *data, const char *err)
+{
+    fy_tconn_t *tc = data;
+    char msg[512];
+
+    tc->pump = NULL;
+    if (err == NULL) {
+        if (send_upgrade(tc) != FY_OK)
+            tconn_close(tc, "could not send the upgrade request", NULL, true);
+        return;
+    }
+    snprintf(msg, sizeof(msg), "TLS handshake with %s failed: %s", tc->tn->agent->host_header, err);
+    fy_alog(FY_AL_ERROR, "failed to reconnect session", "obj", "csess", "err", msg, NULL);
+    fy_api_tunnel_failed(tc->tn, 503, "a successful ferry tunnel session has not yet been established", msg);
+    tconn_close(tc, msg, NULL, true);
+}
+
+/* wss://: the socket goes to a TLS pump; the upgrade and the tunnel run
+ * on its plaintext end once the handshake is done. */
+static void start_tls(fy_tconn_t *tc)
+{
+    fy_agent_t *a = tc->tn->agent;
+    SSL *ssl = fy_tls_client_ssl(a->tls_ctx, a->server_host);
+    int net = tc->io.fd, app;
+
+    fy_io_del(a->ev, &tc->io);
+    tc->io.fd = -1;
+    if (ssl == NULL) {
+        close(net);
+        tconn_close(tc, "could not start TLS", NULL, true);
+        return;
+    }
+    /* The tunnel's own heartbeat judges an idle connection. */
+    tc->pump = fy_tls_pump_start(a->ev, ssl, net, &app, HANDSHAKE_MS, UINT64_MAX / 2, on_tls_handshake, tc);
+    if (tc->pump == NULL) {
+        tconn_close(tc, "could not start TLS", NULL, true);
+        return;
+    }
+    tc->io.fd = app;
+    tc->state = FY_TC_TLS;
+}
+
 static void on_handshake_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
 {
     fy_tconn_t *tc = io->data;
@@ -366,7 +411,9 @@ static void on_handshake_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
             tconn_close(tc, msg, NULL, true);
             return;
         }
-        if (send_upgrade(tc) != FY_OK)
+        if (tc->tn->agent->server_tls)
+            start_tls(tc);
+        else if (send_upgrade(tc) != FY_OK)
             tconn_close(tc, "could not send the upgrade request", NULL, true);
         return;
     }

@@ -131,18 +131,33 @@ static int load_list(loader_t *l, yaml_node_t *n, const char *key, int (*each)(l
     return FY_OK;
 }
 
+/* listen and listen_tls: key says which list. */
 static int each_listen(loader_t *l, yaml_node_t *n, const char *key, void *arg)
 {
     fy_conf_t *c = arg;
+    bool tls = strcmp(key, "listen_tls") == 0;
+    char **list = tls ? c->listen_tls : c->listen;
+    int *count = tls ? &c->nlisten_tls : &c->nlisten;
     const char *s;
     FY_GUARD(want_scalar(l, n, key, &s));
     FY_GUARD(check_addr(l, n, key, s));
-    if (c->nlisten == FY_CONF_MAX_LISTEN)
-        return fail(l, n, key, "at most %d listeners", FY_CONF_MAX_LISTEN);
-    if ((c->listen[c->nlisten] = strdup(s)) == NULL)
+    if (c->nlisten + c->nlisten_tls == FY_CONF_MAX_LISTEN)
+        return fail(l, n, key, "at most %d listeners (listen and listen_tls together)", FY_CONF_MAX_LISTEN);
+    if ((list[*count] = strdup(s)) == NULL)
         return fail(l, n, key, "out of memory");
-    c->nlisten++;
+    (*count)++;
     return FY_OK;
+}
+
+static int tls_key(loader_t *l, fy_conf_t *c, const char *k, yaml_node_t *v)
+{
+    if (!strcmp(k, "cert"))
+        return set_str(l, v, "tls.cert", &c->tls_cert);
+    if (!strcmp(k, "key"))
+        return set_str(l, v, "tls.key", &c->tls_key);
+    if (!strcmp(k, "ocsp_staple"))
+        return set_str(l, v, "tls.ocsp_staple", &c->tls_ocsp);
+    return fail(l, v, k, "unknown key in tls (cert, key, ocsp_staple)");
 }
 
 static int each_route(loader_t *l, yaml_node_t *n, const char *key, void *arg)
@@ -578,6 +593,20 @@ static int top_key(loader_t *l, fy_conf_t *c, const char *k, yaml_node_t *v)
             free(c->listen[--c->nlisten]);
         return load_list(l, v, "listen", each_listen, c);
     }
+    if (!strcmp(k, "listen_tls")) {
+        while (c->nlisten_tls > 0)
+            free(c->listen_tls[--c->nlisten_tls]);
+        return load_list(l, v, "listen_tls", each_listen, c);
+    }
+    if (!strcmp(k, "tls"))
+        return walk_map(l, c, v, "tls", tls_key);
+    if (!strcmp(k, "agents_require_tls")) {
+        FY_GUARD(want_scalar(l, v, "agents_require_tls", &s));
+        if (fy_conf_bool(s, &b) != FY_OK)
+            return fail(l, v, "agents_require_tls", "\"%s\" is not true or false", s);
+        c->agents_require_tls = b;
+        return FY_OK;
+    }
     if (!strcmp(k, "admin")) {
         FY_GUARD(set_str(l, v, "admin", &c->admin));
         return c->admin[0] ? check_addr(l, v, "admin", c->admin) : FY_OK;
@@ -644,8 +673,6 @@ static int top_key(loader_t *l, fy_conf_t *c, const char *k, yaml_node_t *v)
         return walk_map(l, c, v, "log", log_key);
     if (!strcmp(k, "cluster"))
         return load_cluster(l, c, v);
-    if (!strcmp(k, "listen_tls") || !strcmp(k, "tls") || !strcmp(k, "agents_require_tls"))
-        return fail(l, v, k, "not implemented yet in ferryd %s (see README, \"What works\")", FY_VERSION);
     return fail(l, v, k, "unknown key");
 }
 
@@ -736,8 +763,16 @@ int fy_config_check(const fy_conf_t *c, char *err, size_t errlen)
     bool auth = c->auth_key != NULL || c->auth_ntokens > 0;
     int i;
 
-    if (c->nlisten == 0) {
-        snprintf(err, errlen, "listen: at least one listener is needed");
+    if (c->nlisten + c->nlisten_tls == 0) {
+        snprintf(err, errlen, "listen: at least one listener is needed (listen or listen_tls)");
+        return FY_ERR;
+    }
+    if (c->nlisten_tls > 0 && (c->tls_cert == NULL || !c->tls_cert[0] || c->tls_key == NULL || !c->tls_key[0])) {
+        snprintf(err, errlen, "listen_tls: HTTPS listeners need tls.cert and tls.key (PEM files)");
+        return FY_ERR;
+    }
+    if (c->agents_require_tls && c->nlisten_tls == 0) {
+        snprintf(err, errlen, "agents_require_tls: true, but there is no listen_tls: no agent could connect");
         return FY_ERR;
     }
     if (c->auth_key != NULL && c->auth_key[0] == '\0') {
@@ -751,15 +786,16 @@ int fy_config_check(const fy_conf_t *c, char *err, size_t errlen)
     }
     /* Agent auth is on with a key or static tokens; without either, only
      * loopback listeners are allowed (the admin listener carries no agents). */
-    for (i = 0; !auth && i < c->nlisten; i++) {
+    for (i = 0; !auth && i < c->nlisten + c->nlisten_tls; i++) {
+        const char *a = i < c->nlisten ? c->listen[i] : c->listen_tls[i - c->nlisten];
         struct sockaddr_storage ss;
         socklen_t len;
-        if (fy_net_parse_addr(c->listen[i], &ss, &len) != FY_OK)
+        if (fy_net_parse_addr(a, &ss, &len) != FY_OK)
             continue;
         if (!fy_net_is_loopback((struct sockaddr *)&ss)) {
-            snprintf(err, errlen, "listen: %s is not a loopback address and agent auth is off: "
+            snprintf(err, errlen, "%s: %s is not a loopback address and agent auth is off: "
                      "anyone could claim a tunnel; configure auth (auth.key or auth.tokens) "
-                     "or listen on 127.0.0.1/::1 only", c->listen[i]);
+                     "or listen on 127.0.0.1/::1 only", i < c->nlisten ? "listen" : "listen_tls", a);
             return FY_ERR;
         }
     }
@@ -773,6 +809,11 @@ void fy_config_free(fy_conf_t *c)
         return;
     for (i = 0; i < c->nlisten; i++)
         free(c->listen[i]);
+    for (i = 0; i < c->nlisten_tls; i++)
+        free(c->listen_tls[i]);
+    free(c->tls_cert);
+    free(c->tls_key);
+    free(c->tls_ocsp);
     free(c->admin);
     free(c->domain);
     free(c->agent_path);

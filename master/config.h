@@ -15,6 +15,9 @@
 #define FY_CONF_MAX_TRUST 64
 #define FY_CONF_MAX_TOKENS 10000
 
+/* What a listen socket carries (the master tells workers with each socket). */
+enum fy_listen_kind { FY_LISTEN_PLAIN = 0, FY_LISTEN_ADMIN = 1, FY_LISTEN_TLS = 2 };
+
 enum fy_route { FY_ROUTE_HOST, FY_ROUTE_PATH, FY_ROUTE_HEADER, FY_ROUTE_QUERY, FY_ROUTE_DEFAULT };
 
 typedef struct fy_cidr_s {
@@ -77,6 +80,10 @@ typedef struct fy_conf_cluster_s {
 typedef struct fy_conf_s {
     char       *listen[FY_CONF_MAX_LISTEN];
     int         nlisten;
+    char       *listen_tls[FY_CONF_MAX_LISTEN];   /* HTTPS listeners (together with listen: at most 16) */
+    int         nlisten_tls;
+    char       *tls_cert, *tls_key, *tls_ocsp;   /* tls: PEM chain, PEM key, DER OCSP response (NULL: none) */
+    bool        agents_require_tls;
     char       *admin;           /* "" disables the admin listener */
     char       *domain;
     char       *agent_path;

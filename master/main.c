@@ -64,7 +64,7 @@ typedef struct {
     int  n;
     int  fds[FY_CONF_MAX_LISTEN + 1];
     int  ports[FY_CONF_MAX_LISTEN + 1];
-    bool admin[FY_CONF_MAX_LISTEN + 1];
+    uint8_t kind[FY_CONF_MAX_LISTEN + 1];   /* enum fy_listen_kind */
     char addrs[FY_CONF_MAX_LISTEN + 1][FY_ADDRSTRLEN];
 } lset_t;
 
@@ -78,8 +78,11 @@ static int open_listeners(master_t *m, const fy_conf_t *conf, lset_t *ls, char *
     int i, k;
 
     ls->n = 0;
-    for (i = 0; i <= conf->nlisten; i++) {
-        const char *a = i < conf->nlisten ? conf->listen[i] : conf->admin;
+    for (i = 0; i <= conf->nlisten + conf->nlisten_tls; i++) {
+        uint8_t kind = i < conf->nlisten ? FY_LISTEN_PLAIN
+                     : i < conf->nlisten + conf->nlisten_tls ? FY_LISTEN_TLS : FY_LISTEN_ADMIN;
+        const char *a = kind == FY_LISTEN_PLAIN ? conf->listen[i]
+                      : kind == FY_LISTEN_TLS ? conf->listen_tls[i - conf->nlisten] : conf->admin;
         struct sockaddr_storage ss;
         socklen_t len;
         int fd = -1;
@@ -91,7 +94,7 @@ static int open_listeners(master_t *m, const fy_conf_t *conf, lset_t *ls, char *
             goto fail;
         }
         for (k = 0; k < m->nfds; k++)
-            if (strcmp(m->addrs[k], a) == 0 && m->admin[k] == (i == conf->nlisten))
+            if (strcmp(m->addrs[k], a) == 0 && m->kind[k] == kind)
                 fd = m->fds[k];
         if (fd < 0 && (fd = fy_net_listen(&ss, len, 4096)) < 0) {
             snprintf(err, errlen, "cannot listen on %s: %s", a, strerror(errno));
@@ -99,7 +102,7 @@ static int open_listeners(master_t *m, const fy_conf_t *conf, lset_t *ls, char *
         }
         ls->fds[ls->n] = fd;
         ls->ports[ls->n] = fy_net_port((struct sockaddr *)&ss);
-        ls->admin[ls->n] = i == conf->nlisten;
+        ls->kind[ls->n] = kind;
         snprintf(ls->addrs[ls->n], FY_ADDRSTRLEN, "%s", a);
         ls->n++;
     }
@@ -132,7 +135,7 @@ static void take_listeners(master_t *m, const lset_t *ls)
     m->nfds = ls->n;
     memcpy(m->fds, ls->fds, sizeof(m->fds));
     memcpy(m->ports, ls->ports, sizeof(m->ports));
-    memcpy(m->admin, ls->admin, sizeof(m->admin));
+    memcpy(m->kind, ls->kind, sizeof(m->kind));
     memcpy(m->addrs, ls->addrs, sizeof(m->addrs));
 }
 
@@ -221,13 +224,14 @@ static void spawn_worker(master_t *m, int i)
                 close(m->workers[k].ctl.io.fd);
         memset(&st, 0, sizeof(st));
         st.conf = m->conf;
+        memcpy(st.ticket_keys, m->ticket_keys, sizeof(st.ticket_keys));
         st.index = ws->index;
         st.base = m->base;
         st.nworkers = m->nworkers;
         st.nfds = m->nfds;
         memcpy(st.fds, m->fds, sizeof(st.fds));
         memcpy(st.ports, m->ports, sizeof(st.ports));
-        memcpy(st.admin, m->admin, sizeof(st.admin));
+        memcpy(st.kind, m->kind, sizeof(st.kind));
         st.shm_fd = m->shm.fd;
         st.ctl_fd = ctl[1];
         if (m->up_open)
@@ -386,7 +390,7 @@ static void reload(master_t *m)
     snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
     err[0] = '\0';
     nc = fy_config_load(path, err, sizeof(err));
-    if (nc != NULL && fy_config_check(nc, err, sizeof(err)) == FY_OK) {
+    if (nc != NULL && fy_config_check(nc, err, sizeof(err)) == FY_OK && fy_tls_check(nc, err, sizeof(err)) == FY_OK) {
         nc->auth = fy_auth_load(nc, err, sizeof(err));
         if (nc->auth == NULL && err[0] != '\0') {
             fy_config_free(nc);
@@ -438,7 +442,7 @@ static void reload(master_t *m)
     for (i = 0; i < m->nfds; i++) {
         fds[i + 1] = m->fds[i];
         msg.ports[i + 1] = (uint16_t)m->ports[i];
-        msg.admin[i + 1] = m->admin[i];
+        msg.kind[i + 1] = m->kind[i];
     }
     for (i = 0; i < m->nworkers; i++) {
         wslot_t *ws = &m->workers[i];
@@ -459,7 +463,7 @@ static void close_public_listeners(master_t *m)
 {
     int i;
     for (i = 0; i < m->nfds; i++) {
-        if (!m->admin[i] && m->fds[i] >= 0) {
+        if (m->kind[i] != FY_LISTEN_ADMIN && m->fds[i] >= 0) {
             close(m->fds[i]);
             m->fds[i] = -1;
         }
@@ -635,8 +639,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "ferryd: libsodium failed to initialise\n");
         return 1;
     }
+    randombytes_buf(m.ticket_keys, sizeof(m.ticket_keys));
     if ((m.conf = fy_config_load(m.conf_path, err, sizeof(err))) == NULL
-        || fy_config_check(m.conf, err, sizeof(err)) != FY_OK) {
+        || fy_config_check(m.conf, err, sizeof(err)) != FY_OK || fy_tls_check(m.conf, err, sizeof(err)) != FY_OK) {
         fprintf(stderr, "ferryd: %s\n", err);
         if (test)
             fprintf(stderr, "ferryd: configuration test failed\n");
@@ -718,10 +723,15 @@ int main(int argc, char **argv)
     m.respawn_timer.data = &m;
     if (fy_io_set(m.ev, &m.sigio, EPOLLIN) != FY_OK)
         return 1;
-    fy_log_info("ferryd %s: listening on %s (end users and agents), admin on %s, domain %s, %d workers",
-                FY_VERSION, m.conf->listen[0], m.conf->admin[0] ? m.conf->admin : "(off)", m.conf->domain,
-                m.nworkers);
-    fy_log_info("connect an agent: ferry http 3000 --server ws://%s", m.conf->listen[0]);
+    {
+        const char *plain = m.conf->nlisten > 0 ? m.conf->listen[0] : NULL;
+        const char *tls = m.conf->nlisten_tls > 0 ? m.conf->listen_tls[0] : NULL;
+        fy_log_info("ferryd %s: listening on %s%s%s (end users and agents), admin on %s, domain %s, %d workers",
+                    FY_VERSION, plain ? plain : "", plain && tls ? " and HTTPS " : tls ? "HTTPS " : "",
+                    tls ? tls : "", m.conf->admin[0] ? m.conf->admin : "(off)", m.conf->domain, m.nworkers);
+        fy_log_info("connect an agent: ferry http 3000 --server %s://%s", plain && !m.conf->agents_require_tls
+                    ? "ws" : "wss", plain && !m.conf->agents_require_tls ? plain : tls);
+    }
     for (i = 0; i < m.nworkers; i++)
         spawn_worker(&m, i);
     fy__master_announce(&m);

@@ -11,6 +11,7 @@
 #include "net/net.h"
 #include "shm/table.h"
 #include "worker/chan.h"
+#include "tls/tls.h"
 
 #include <sys/types.h>
 
@@ -38,7 +39,8 @@ struct master_s {
     fy_timer_t  respawn_timer;
     int         fds[FY_CONF_MAX_LISTEN + 1];
     int         ports[FY_CONF_MAX_LISTEN + 1];
-    bool        admin[FY_CONF_MAX_LISTEN + 1];
+    uint8_t     kind[FY_CONF_MAX_LISTEN + 1];    /* enum fy_listen_kind */
+    uint8_t     ticket_keys[FY_TLS_TICKET_KEYS]; /* TLS session tickets, shared by all workers */
     char        addrs[FY_CONF_MAX_LISTEN + 1][FY_ADDRSTRLEN];
     int         nfds;
     fy_shm_t    shm;

@@ -76,11 +76,11 @@ int fy__master_inherit(master_t *m, char *err, size_t errlen)
             for (item = strtok_r(v, ",", &isave); item != NULL && m->nfds <= FY_CONF_MAX_LISTEN;
                  item = strtok_r(NULL, ",", &isave)) {
                 int fd = parse_int(item, &e);
-                if (fd < 0 || *e != '@' || (e[1] != '0' && e[1] != '1') || e[2] != '@')
+                if (fd < 0 || *e != '@' || e[1] < '0' || e[1] > '0' + FY_LISTEN_TLS || e[2] != '@')
                     continue;
                 set_cloexec(fd, true);
                 m->fds[m->nfds] = fd;
-                m->admin[m->nfds] = e[1] == '1';
+                m->kind[m->nfds] = (uint8_t)(e[1] - '0');
                 snprintf(m->addrs[m->nfds], FY_ADDRSTRLEN, "%s", e + 3);
                 m->nfds++;
             }
@@ -223,7 +223,7 @@ void fy__master_upgrade(master_t *m)
                    m->base == 0 ? FY_SHM_MAX_WORKERS / 2 : 0, m->shm.fd, up[1]);
     for (i = 0; i < m->nfds; i++)
         len += snprintf(env + len, sizeof(env) - (size_t)len, "%s%d@%d@%s", i ? "," : "", m->fds[i],
-                        m->admin[i] ? 1 : 0, m->addrs[i]);
+                        m->kind[i], m->addrs[i]);
     len += snprintf(env + len, sizeof(env) - (size_t)len, ";mbox=");
     for (i = 0, n = 0; i < m->nworkers; i++)
         len += snprintf(env + len, sizeof(env) - (size_t)len, "%s%d@%d", n++ ? "," : "", m->workers[i].index,

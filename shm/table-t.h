@@ -62,7 +62,7 @@ typedef struct fy_shm_worker_s {
     _Atomic uint64_t requests;
     _Atomic uint64_t bytes_in, bytes_out;
     _Atomic uint64_t handoffs_sent, handoffs_received, handoffs_failed;
-    _Atomic uint64_t errors[32];             /* by code, fy_error_codes order */
+    _Atomic uint64_t errors[40];             /* by code, fy_error_codes order */
     _Atomic uint64_t agent_connects;
     _Atomic uint64_t clients;                /* gauge */
     _Atomic uint32_t agents;                 /* gauge: agent connections it holds */

@@ -21,6 +21,14 @@
 #   1k-c1000       wrk -c1000, GET /1k, keep-alive: 1,000 concurrent clients
 #   ws-echo        build/tools/bench_ws -c50: WebSocket echo of 1 KiB messages
 #                  (one in flight per connection); req/s is messages/s
+#   https-keepalive  wrk -c50, GET https://.../1k, keep-alive (one handshake per connection)
+#   https-close    wrk -c50, GET https://.../1k, "Connection: close": a TLS handshake
+#                  (ECDSA P-256, session tickets not used by wrk) per request
+#
+# The HTTPS loads run against nginx and ferryd with the same certificate
+# (made here with openssl), TLS 1.3; wrk names no server (SNI) for an IP
+# address, so ferryd routes on the Host header inside: the pump path
+# (DESIGN.md "The handoff"). The direct row has no TLS and shows n/a.
 #
 # Rows: direct (the origin), nginx (one hop), ferry (1 worker: the tunnel's
 # owner takes every connection), ferry4w (4 workers: most connections land
@@ -67,7 +75,7 @@ FERRY=${FERRY_BENCH_FERRY:-$BIN_DIR/ferry}
 ORIGIN=${FERRY_BENCH_ORIGIN:-$BUILD_DIR/tools/origin}
 BENCH_WS=${FERRY_BENCH_WS:-$BUILD_DIR/tools/bench_ws}
 NGINX=${FERRY_BENCH_NGINX:-/usr/sbin/nginx}
-LOADS=${FERRY_BENCH_LOADS:-1k-keepalive 1k-close 1m-keepalive 64k-upload 1k-c1000 ws-echo}
+LOADS=${FERRY_BENCH_LOADS:-1k-keepalive 1k-close 1m-keepalive 64k-upload 1k-c1000 ws-echo https-keepalive https-close}
 ROWS="direct nginx ferry ferry4w"
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
@@ -78,7 +86,7 @@ die() { echo "bench: $*" >&2; exit 1; }
 # Progress and diagnostics: stderr.
 say() { echo "bench: $*" >&2; }
 
-for tool in wrk curl "$PY" getconf; do
+for tool in wrk curl "$PY" getconf openssl; do
     command -v "$tool" >/dev/null || die "$tool not found (make deps installs it)"
 done
 [ -x "$ORIGIN" ] || die "$ORIGIN not built (make)"
@@ -143,9 +151,10 @@ alive() { kill -0 "${PIDS[-1]}" 2>/dev/null; }
 # Free loopback ports, all held open at once so they are distinct. Another
 # process could take one before our server binds it; that shows up as a
 # failed start, not a wrong number.
-read -r NGINX_PORT FERRY_PORT ADMIN_PORT FERRY4_PORT ADMIN4_PORT < <("$PY" -c '
+read -r NGINX_PORT FERRY_PORT ADMIN_PORT FERRY4_PORT ADMIN4_PORT NGINX_TLS_PORT FERRY_TLS_PORT FERRY4_TLS_PORT \
+    < <("$PY" -c '
 import socket
-ss = [socket.socket() for _ in range(5)]
+ss = [socket.socket() for _ in range(8)]
 for s in ss:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in ss))
@@ -178,6 +187,12 @@ for i in $(seq 100); do
 done
 [ -n "$ORIGIN_PORT" ] || die "origin did not start: $(cat "$TMP/origin.err")"
 wait_200 "http://127.0.0.1:$ORIGIN_PORT/1k" || die "origin does not answer /1k"
+
+# --- a certificate for the HTTPS rows -------------------------------------------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench.localhost \
+    -addext "subjectAltName=DNS:bench.localhost,IP:127.0.0.1" -keyout "$TMP/tls.key" -out "$TMP/tls.pem" \
+    >/dev/null 2>&1 || die "openssl could not make a certificate"
+chmod 644 "$TMP/tls.key"   # nginx's workers (an unprivileged user) read it too
 
 # --- nginx --------------------------------------------------------------------
 # A tuned one-hop proxy: upstream keep-alive (enough idle connections for
@@ -233,6 +248,17 @@ http {
             proxy_read_timeout 3600s;
         }
     }
+    server {
+        listen 127.0.0.1:$NGINX_TLS_PORT ssl backlog=4096;
+        ssl_certificate $TMP/tls.pem;
+        ssl_certificate_key $TMP/tls.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
 }
 EOF
 spawn nginx "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf"
@@ -250,12 +276,14 @@ AGENT_FLAGS=()
 "$FERRY" --help 2>&1 | grep -q -- '--web-addr' && AGENT_FLAGS+=(--web-addr false)
 declare -A READY WHY RELAY_PID AGENT_PID
 start_ferry() {
-    local row=$1 workers=$2 port=$3 admin=$4 code=000 deadline dpid apid
+    local row=$1 workers=$2 port=$3 admin=$4 tls_port=$5 code=000 deadline dpid apid
     READY[$row]=0
     RELAY_PID[$row]=
     AGENT_PID[$row]=
     printf 'listen: ["127.0.0.1:%s"]\nadmin: "127.0.0.1:%s"\nworkers: %s\n' \
         "$port" "$admin" "$workers" >"$TMP/$row.yml"
+    printf 'listen_tls: ["127.0.0.1:%s"]\ntls: {cert: %s, key: %s}\n' \
+        "$tls_port" "$TMP/tls.pem" "$TMP/tls.key" >>"$TMP/$row.yml"
     if [ ! -x "$FERRYD" ] || [ ! -x "$FERRY" ]; then
         WHY[$row]="$FERRYD or $FERRY not built"
         return 0
@@ -286,8 +314,8 @@ start_ferry() {
         [ -s "$TMP/$f" ] && { echo "--- $f (tail)" >&2; tail -n 5 "$TMP/$f" >&2; }
     done
 }
-start_ferry ferry 1 "$FERRY_PORT" "$ADMIN_PORT"
-start_ferry ferry4w 4 "$FERRY4_PORT" "$ADMIN4_PORT"
+start_ferry ferry 1 "$FERRY_PORT" "$ADMIN_PORT" "$FERRY_TLS_PORT"
+start_ferry ferry4w 4 "$FERRY4_PORT" "$ADMIN4_PORT" "$FERRY4_TLS_PORT"
 RELAY_PID[nginx]=$NGINX_PID
 AGENT_PID[nginx]=
 RELAY_PID[direct]=
@@ -346,6 +374,17 @@ run() {
     ferry) port=$FERRY_PORT ;;
     ferry4w) port=$FERRY4_PORT ;;
     esac
+    url="http://127.0.0.1:$port"
+    if [ "${load#https-}" != "$load" ]; then
+        case $row in
+        direct)
+            record "load=$load" "row=$row" "status=n/a" "why=the origin speaks plain HTTP"
+            return 0 ;;
+        nginx) url="https://127.0.0.1:$NGINX_TLS_PORT" ;;
+        ferry) url="https://127.0.0.1:$FERRY_TLS_PORT" ;;
+        ferry4w) url="https://127.0.0.1:$FERRY4_TLS_PORT" ;;
+        esac
+    fi
     if [ "${row#ferry}" != "$row" ] && [ "${READY[$row]}" = 0 ]; then
         record "load=$load" "row=$row" "status=not ready" "why=${WHY[$row]}"
         return 0
@@ -357,14 +396,13 @@ run() {
     r0=$(cpu_ticks "$relay")
     a0=$(cpu_ticks "$agent")
     o0=$(cpu_ticks "$ORIGIN_PID")
-    url="http://127.0.0.1:$port"
     # The tools stop themselves after the duration; timeout only catches a
     # wedged run.
     case $load in
-    1k-keepalive)
+    1k-keepalive | https-keepalive)
         timeout $((DURATION + 20)) wrk -t2 -c50 -d"${DURATION}s" -s "$HERE/bench.lua" \
             "${FERRY_HDR[@]}" "$url/1k" >"$out" 2>&1 || rc=$? ;;
-    1k-close)
+    1k-close | https-close)
         timeout $((DURATION + 20)) wrk -t2 -c50 -d"${DURATION}s" -s "$HERE/bench.lua" \
             "${FERRY_HDR[@]}" -H "Connection: close" "$url/1k" >"$out" 2>&1 || rc=$? ;;
     1m-keepalive)

@@ -21,7 +21,8 @@ import os
 import subprocess
 import sys
 
-LOADS = ["1k-keepalive", "1k-close", "1m-keepalive", "64k-upload", "1k-c1000", "ws-echo"]
+LOADS = ["1k-keepalive", "1k-close", "1m-keepalive", "64k-upload", "1k-c1000", "ws-echo", "https-keepalive",
+         "https-close"]
 ROWS = ["direct", "nginx", "ferry", "ferry4w"]
 CG_WHAT = ("instructions per proxied request under valgrind --tool=callgrind (user space only: "
            "the kernel's work in syscalls is not counted): (total(2N) - total(N)) / N over N and 2N "
@@ -188,7 +189,7 @@ def fmt(v, spec):
 
 def table(runs, meta, cgres, suite_seconds):
     lines = []
-    hdr = ("%-13s %-8s %9s %8s %7s %7s %8s %6s %10s %10s %9s %9s %6s %6s %6s" %
+    hdr = ("%-15s %-8s %9s %8s %7s %7s %8s %6s %10s %10s %9s %9s %6s %6s %6s" %
            ("load", "row", "req/s", "MB/s", "p50 ms", "p99 ms", "p99.9 ms", "errors",
             "relay cpu", "agent cpu", "relay MB", "agent MB", "vs dir", "vs ngx", "vs 1w"))
     lines.append(hdr)
@@ -198,7 +199,7 @@ def table(runs, meta, cgres, suite_seconds):
             lines.append("")
         prev = d["load"]
         if d["status"] != "ok":
-            lines.append("%-13s %-8s %s: %s" % (d["load"], d["row"], d["status"], d.get("why", "")))
+            lines.append("%-15s %-8s %s: %s" % (d["load"], d["row"], d["status"], d.get("why", "")))
             continue
 
         def mib(kb):
@@ -206,7 +207,7 @@ def table(runs, meta, cgres, suite_seconds):
 
         def x(v):
             return "" if v is None else "%.2fx" % v
-        lines.append("%-13s %-8s %9s %8s %7s %7s %8s %6s %10s %10s %9s %9s %6s %6s %6s" % (
+        lines.append("%-15s %-8s %9s %8s %7s %7s %8s %6s %10s %10s %9s %9s %6s %6s %6s" % (
             d["load"], d["row"], fmt(d["rps"], ".0f"), fmt(d["mib_per_s"], ".1f"),
             fmt(d["p50_ms"], ".2f"), fmt(d["p99_ms"], ".2f"), fmt(d["p999_ms"], ".2f"),
             d["errors"], fmt(d["relay_cpu_s_per_10k"], ".3f"), fmt(d["agent_cpu_s_per_10k"], ".3f"),

@@ -17,7 +17,7 @@ const char *const fy_error_codes[] = {
     "bad_request", "header_too_large", "header_timeout", "body_timeout", "bad_version", "bad_response",
     "upstream_closed", "tunnel_lost", "tunnel_taken", "handoff_failed", "busy", "draining", "relay_full",
     "bad_tunnel_id", "token_missing", "token_malformed", "token_bad_signature", "token_expired", "token_revoked",
-    "token_unknown", "tunnel_forbidden", "denied",
+    "token_unknown", "tunnel_forbidden", "denied", "tls_hello", "misdirected", "tls_required",
     "cluster_unavailable", "node_mac_invalid", "node_mac_stale", NULL,
 };
 

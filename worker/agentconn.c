@@ -194,6 +194,7 @@ static void upgrade(fy_client_t *c, fy_pending_agent_t *p)
     ac->tunnel = t;
     ac->serial = p->conn;
     ac->port = c->port;
+    ac->tls = c->tls;
     memcpy(ac->addr, c->peer_addr, sizeof(ac->addr));
     t->conns[t->nconns++] = ac;
     ac->timer.cb = on_watchdog;
@@ -376,10 +377,13 @@ static void send_ready(fy_agentconn_t *ac)
     size_t pl = 0;
     int n;
 
-    if (ac->port == 80)
-        n = snprintf(url, sizeof(url), "http://%s.%s", ac->tunnel->id, ac->w->conf->domain);
+    /* The public URL, on the scheme and port the agent came in on. */
+    if (ac->port == (ac->tls ? 443 : 80))
+        n = snprintf(url, sizeof(url), "%s://%s.%s", ac->tls ? "https" : "http", ac->tunnel->id,
+                     ac->w->conf->domain);
     else
-        n = snprintf(url, sizeof(url), "http://%s.%s:%d", ac->tunnel->id, ac->w->conf->domain, ac->port);
+        n = snprintf(url, sizeof(url), "%s://%s.%s:%d", ac->tls ? "https" : "http", ac->tunnel->id,
+                     ac->w->conf->domain, ac->port);
     if (n < 0 || (size_t)n >= sizeof(url)
         || fy_mux_kv_put(p, &pl, sizeof(p), "url", url, (size_t)n) != FY_OK
         || fy_mux_kv_put(p, &pl, sizeof(p), "tunnel", ac->tunnel->id, strlen(ac->tunnel->id)) != FY_OK

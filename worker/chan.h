@@ -29,7 +29,7 @@ enum fy_ctl_type {
     FY_CTL_UNREGISTER,     /* worker -> master: remove an owner of id */
     FY_CTL_TUNNEL_UP,      /* master -> workers: id gained an owner (wake tunnel_wait) */
     FY_CTL_RELOAD,         /* master -> workers: fds[0] = the validated config (memfd), then the
-                            * listen sockets; ports[]/admin[] describe them */
+                            * listen sockets; ports[]/kind[] describe them */
     FY_CTL_MAILBOXES,      /* master -> workers, and new master -> old master during an upgrade:
                             * the other generation's mailboxes; fds[k] is worker ports[k]'s */
 };
@@ -49,7 +49,7 @@ typedef struct fy_ctl_msg_s {
     char     holder[FY_SHM_TOKEN_LEN];
     char     addr[64];
     uint16_t ports[FY_CTL_MAX_FDS];
-    uint8_t  admin[FY_CTL_MAX_FDS];
+    uint8_t  kind[FY_CTL_MAX_FDS];   /* enum fy_listen_kind */
     uint32_t nfds;
 } fy_ctl_msg_t;
 
@@ -80,6 +80,8 @@ void fy_chan_close(fy_chan_t *ch);
 /* Handoff message header. */
 #define FY_HANDOFF_MAGIC 0x48414e44u  /* "HAND" */
 #define FY_HANDOFF_F_JUDGED 1u        /* the first request passed the access rules */
+#define FY_HANDOFF_F_TLS 2u           /* plaintext of a TLS session the sender terminates (a pump) */
+#define FY_HANDOFF_F_TLS_RAW 4u       /* a TLS socket before its handshake: the receiver terminates it */
 typedef struct fy_handoff_hdr_s {
     uint32_t                magic;
     uint16_t                hops;     /* handoffs so far: a connection moves at most twice */
@@ -87,6 +89,7 @@ typedef struct fy_handoff_hdr_s {
     uint32_t                len;      /* bytes already read, following this header */
     uint32_t                flags;    /* FY_HANDOFF_F_* */
     struct sockaddr_storage peer;
+    char                    sni_id[FY_SHM_ID_LEN];   /* the tunnel the TLS SNI named, or "" */
 } fy_handoff_hdr_t;
 
 /* Make a SEQPACKET socketpair (non-blocking, CLOEXEC) with big buffers. */

@@ -90,6 +90,8 @@ void fy_client_adopt(fy_worker_t *w, int fd, const fy_handoff_hdr_t *h, const ui
         return;
     c->hops = h->hops;
     c->prejudged = (h->flags & FY_HANDOFF_F_JUDGED) != 0;
+    c->tls = (h->flags & FY_HANDOFF_F_TLS) != 0;
+    snprintf(c->sni_id, sizeof(c->sni_id), "%.*s", (int)strnlen(h->sni_id, sizeof(h->sni_id)), h->sni_id);
     if (h->len == 0)
         c->head_started = 0;   /* an idle keep-alive connection: idle_timeout, not header_timeout */
     if (fy_buf_append(&c->in, bytes, h->len, in_max(c)) != FY_OK) {
@@ -720,21 +722,9 @@ static bool agent_path(const fy_worker_t *w, const fy_h1_request_t *req, const c
  */
 static int owner_elsewhere(fy_client_t *c, const char *id)
 {
-    fy_worker_t *w = c->w;
-    fy_shm_entry_t e;
-    uint32_t i;
-
-    if (c->admin || c->hops >= FY_MAX_HOPS || !fy_shm_lookup(&w->shm, id, &e) || e.nowners == 0)
+    if (c->admin || c->hops >= FY_MAX_HOPS)
         return -1;
-    for (i = 0; i < e.nowners; i++) {
-        const fy_shm_owner_t *o = &e.owners[(w->rr + i) % e.nowners];
-        if (o->worker != w->index && o->worker < FY_SHM_MAX_WORKERS && w->mailbox_send[o->worker] >= 0
-            && atomic_load(&fy_shm_worker(&w->shm, o->worker)->state) != FY_SHM_W_DOWN) {
-            w->rr++;
-            return o->worker;
-        }
-    }
-    return -1;
+    return fy_worker_owner_elsewhere(c->w, id);
 }
 
 /*
@@ -870,16 +860,28 @@ static bool step_head(fy_client_t *c)
         int target;
         if (c->ac != NULL)
             fy_agentconn_end_stream(c, FY_MUX_RST_DONE);
+        if (conf->agents_require_tls && !c->tls) {
+            request_error(c, &req, 403, "tls_required", "this relay takes agents over TLS only: connect with wss://",
+                          NULL);
+            return false;
+        }
         /* A draining worker passes an agent's upgrade to a worker that
          * stays (another generation's, during an upgrade) rather than
          * refusing it: the agent moving after GOAWAY lands at once. */
-        if ((req.flags & FY_H1_F_UPGRADE)
+        /* Over TLS it stays: its pump is here, and moving the plaintext
+         * would add a hop to every frame of the tunnel. */
+        if ((req.flags & FY_H1_F_UPGRADE) && !c->tls
             && (target = w->draining ? fy_worker_successor(w) : least_loaded(c)) >= 0) {
             fy_worker_handoff(w, c, target);
             return false;
         }
         fy_agentconn_request(c, &req, aid, aidl);
         return false;   /* c may be gone: it became an agent connection */
+    }
+    if (c->tls && fy_route_misdirected(w, c, &req)) {
+        request_error(c, &req, 421, "misdirected",
+                      "this TLS connection was opened for another tunnel; open a new one for this host", NULL);
+        return !c->closed && c->state == FY_C_HEAD;
     }
     if (fy_route_resolve(w, &req, id, &via) != FY_OK) {
         request_error(c, &req, 404, "no_tunnel", "no tunnel named in this request", NULL);

@@ -107,7 +107,7 @@ void fy_cluster_stop(fy_worker_t *w)
 /* --- the node MAC ------------------------------------------------------------ */
 
 static void mac(const fy_conf_t *conf, const fy_h1_request_t *req, const char *node, size_t nl, int64_t ts,
-                const char *client, size_t cl, uint8_t out[32])
+                const char *client, size_t cl, bool https, uint8_t out[32])
 {
     crypto_generichash_state st;
     char tsb[24];
@@ -127,45 +127,48 @@ static void mac(const fy_conf_t *conf, const fy_h1_request_t *req, const char *n
     crypto_generichash_update(&st, (const uint8_t *)tsb, (size_t)tl);
     crypto_generichash_update(&st, (const uint8_t *)"\n", 1);
     crypto_generichash_update(&st, (const uint8_t *)client, cl);
+    crypto_generichash_update(&st, (const uint8_t *)(https ? "\nhttps" : "\nhttp"), https ? 6 : 5);
     crypto_generichash_final(&st, out, 32);
 }
 
-ssize_t fy_cluster_sign(const fy_conf_t *conf, const fy_h1_request_t *req, const char *client, int64_t now,
-                        char *out, size_t cap)
+ssize_t fy_cluster_sign(const fy_conf_t *conf, const fy_h1_request_t *req, const char *client, bool https,
+                        int64_t now, char *out, size_t cap)
 {
     uint8_t m[32];
     char hex[65];
     int n;
 
-    mac(conf, req, conf->cluster.node, strlen(conf->cluster.node), now, client, strlen(client), m);
+    mac(conf, req, conf->cluster.node, strlen(conf->cluster.node), now, client, strlen(client), https, m);
     sodium_bin2hex(hex, sizeof(hex), m, sizeof(m));
-    n = snprintf(out, cap, "%s %lld %s %s", conf->cluster.node, (long long)now, client, hex);
+    n = snprintf(out, cap, "%s %lld %s %s %s", conf->cluster.node, (long long)now, client, https ? "https" : "http",
+                 hex);
     return n < 0 || (size_t)n >= cap ? FY_ERR : n;
 }
 
-/* Split "NODE TS CLIENT MAC" (single spaces) into its four fields. */
-static bool split4(const char *v, size_t n, const char *f[4], size_t fl[4])
+/* Split "NODE TS CLIENT PROTO MAC" (single spaces) into its five fields. */
+static bool split5(const char *v, size_t n, const char *f[5], size_t fl[5])
 {
     size_t i = 0, k = 0, start = 0;
 
     for (; i <= n; i++) {
         if (i == n || v[i] == ' ') {
-            if (k == 4 || i == start)
+            if (k == 5 || i == start)
                 return false;
             f[k] = v + start;
             fl[k++] = i - start;
             start = i + 1;
         }
     }
-    return k == 4;
+    return k == 5;
 }
 
 int fy_cluster_inbound(fy_client_t *c, const fy_h1_request_t *req, const char **code, const char **msg)
 {
     const fy_conf_t *conf = c->w->conf;
     const fy_h1_header_t *h;
-    const char *f[4];
-    size_t fl[4], binlen;
+    const char *f[5];
+    size_t fl[5], binlen;
+    bool https;
     uint8_t want[32], got[32];
     char client[FY_ADDRSTRLEN], tsb[24];
     struct sockaddr_storage ss;
@@ -178,16 +181,18 @@ int fy_cluster_inbound(fy_client_t *c, const fy_h1_request_t *req, const char **
         return 0;   /* not clustered: rewritten away, never trusted */
     *code = "node_mac_invalid";
     *msg = "X-Ferry-Forwarded: not a valid node signature";
-    if (!split4(h->value, h->value_len, f, fl) || fl[1] >= sizeof(tsb) || fl[2] >= sizeof(client)
-        || fl[3] != 64 || sodium_hex2bin(got, sizeof(got), f[3], 64, NULL, &binlen, NULL) != 0 || binlen != 32)
+    if (!split5(h->value, h->value_len, f, fl) || fl[1] >= sizeof(tsb) || fl[2] >= sizeof(client)
+        || !(fy_ieq(f[3], fl[3], "http") || fy_ieq(f[3], fl[3], "https"))
+        || fl[4] != 64 || sodium_hex2bin(got, sizeof(got), f[4], 64, NULL, &binlen, NULL) != 0 || binlen != 32)
         return -1;
+    https = fl[3] == 5;
     memcpy(tsb, f[1], fl[1]);
     tsb[fl[1]] = '\0';
     memcpy(client, f[2], fl[2]);
     client[fl[2]] = '\0';
     if (sscanf(tsb, "%lld", &ts) != 1)
         return -1;
-    mac(conf, req, f[0], fl[0], (int64_t)ts, client, fl[2], want);
+    mac(conf, req, f[0], fl[0], (int64_t)ts, client, fl[2], https, want);
     if (sodium_memcmp(want, got, sizeof(want)) != 0)
         return -1;
     if (ts < now - FY_CLUSTER_MAC_WINDOW_S || ts > now + FY_CLUSTER_MAC_WINDOW_S) {
@@ -202,6 +207,7 @@ int fy_cluster_inbound(fy_client_t *c, const fy_h1_request_t *req, const char **
     fy_net_format_ip((const struct sockaddr *)&ss, c->peer_ip);
     fy_net_format((const struct sockaddr *)&ss, c->peer_addr);
     c->from_node = true;
+    c->tls = https;   /* X-Forwarded-Proto says what the end user used */
     if (c->hops == 0)
         fy_cluster_count(c->w, FY_CC_FORWARDED_IN, 1);
     return 1;

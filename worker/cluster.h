@@ -7,7 +7,7 @@
  *    per worker (positive answers for FY_CLUSTER_CACHE_MS, misses for
  *    FY_CLUSTER_MISS_MS; a miss or a failed forward drops the entry);
  *  - the node MAC: a request forwarded between nodes carries
- *    `X-Ferry-Forwarded: NODE UNIXTIME CLIENT MAC` (docs/PROTOCOL.md §6);
+ *    `X-Ferry-Forwarded: NODE UNIXTIME CLIENT PROTO MAC` (docs/PROTOCOL.md §6);
  *    the receiving node checks it (forged or older than
  *    FY_CLUSTER_MAC_WINDOW_S: 403) and never forwards such a request again;
  *  - the forwarder (worker/fwd.c): one request carried to the owner node.
@@ -83,8 +83,8 @@ static inline void fy_cluster_count(fy_worker_t *w, enum fy_cluster_counter k, u
 void fy_fwd_start(fy_client_t *c, const fy_h1_request_t *req, const char *id, const char *addr);
 
 /* The X-Ferry-Forwarded value for a request (MAC over method, target, Host,
- * node, time, client) into out[cap]. Returns its length or FY_ERR. */
-ssize_t fy_cluster_sign(const fy_conf_t *conf, const fy_h1_request_t *req, const char *client, int64_t now,
-                        char *out, size_t cap);
+ * node, time, client, http or https) into out[cap]. Returns its length or FY_ERR. */
+ssize_t fy_cluster_sign(const fy_conf_t *conf, const fy_h1_request_t *req, const char *client, bool https,
+                        int64_t now, char *out, size_t cap);
 
 #endif

@@ -48,6 +48,8 @@ typedef struct fy_fwd_s {
     size_t             down_unscanned;
     int                port;
     uint16_t           hops;
+    bool               tls;             /* the end user came over TLS (its plaintext end is ours) */
+    char               sni_id[FY_ID_MAX + 1];
     struct sockaddr_storage peer;
     char               peer_addr[FY_ADDRSTRLEN];
     char               id[FY_ID_MAX + 1];
@@ -225,6 +227,8 @@ static void give_back(fy_fwd_t *f, const fy_buf_t *bytes, uint16_t hops)
     h.hops = hops;
     h.port = (uint16_t)f->port;
     h.len = (uint32_t)fy_buf_len(bytes);
+    h.flags = f->tls ? FY_HANDOFF_F_TLS : 0;
+    memcpy(h.sni_id, f->sni_id, FY_MIN(sizeof(h.sni_id), sizeof(f->sni_id)));
     h.peer = f->peer;
     fy_io_del(f->w->ev, &f->cio);
     f->cio.fd = -1;
@@ -668,6 +672,8 @@ void fy_fwd_start(fy_client_t *c, const fy_h1_request_t *req, const char *id, co
     f->free_task.data = f;
     f->port = c->port;
     f->hops = c->hops;
+    f->tls = c->tls;
+    memcpy(f->sni_id, c->sni_id, sizeof(f->sni_id));
     f->peer = c->peer;
     memcpy(f->peer_addr, c->peer_addr, sizeof(f->peer_addr));
     snprintf(f->id, sizeof(f->id), "%s", id);
@@ -682,7 +688,7 @@ void fy_fwd_start(fy_client_t *c, const fy_h1_request_t *req, const char *id, co
     /* The head as sent, with our header after the request line. */
     eol = memchr(in + start, '\n', req->head_len - start);
     line_end = eol ? (size_t)(eol - in) + 1 : 0;
-    hl = fy_cluster_sign(w->conf, req, c->peer_addr, (int64_t)time(NULL), hdr, sizeof(hdr));
+    hl = fy_cluster_sign(w->conf, req, c->peer_addr, c->tls, (int64_t)time(NULL), hdr, sizeof(hdr));
     if (line_end == 0 || hl < 0 || fy_buf_append(&f->orig, in, inlen, SIZE_MAX) != FY_OK
         || fy_buf_append(&f->up, in + start, line_end - start, SIZE_MAX) != FY_OK
         || fy_buf_append(&f->up, "X-Ferry-Forwarded: ", 19, SIZE_MAX) != FY_OK

@@ -25,10 +25,14 @@ static int from_host(const fy_worker_t *w, const fy_h1_request_t *req, char *id)
 {
     const char *h = req->authority ? req->authority : req->host;
     size_t n = req->authority ? req->authority_len : req->host_len;
+
+    return h == NULL ? FY_ERR : fy_route_host_id(w, h, n, id);
+}
+
+int fy_route_host_id(const fy_worker_t *w, const char *h, size_t n, char *id)
+{
     size_t dl = strlen(w->conf->domain), idl;
 
-    if (h == NULL)
-        return FY_ERR;
     host_only(h, n, &n);
     if (n > 0 && h[n - 1] == '.')   /* a fully qualified "id.domain." */
         n--;
@@ -44,6 +48,14 @@ bool fy_route_host_names_tunnel(const fy_worker_t *w, const fy_h1_request_t *req
 {
     char id[FY_ID_MAX + 1];
     return from_host(w, req, id) == FY_OK;
+}
+
+/* Over TLS: a Host that names another tunnel than the SNI did (the
+ * connection was routed, and its certificate chosen, for the SNI's). */
+bool fy_route_misdirected(const fy_worker_t *w, const fy_client_t *c, const fy_h1_request_t *req)
+{
+    char id[FY_ID_MAX + 1];
+    return c->sni_id[0] != '\0' && from_host(w, req, id) == FY_OK && strcmp(id, c->sni_id) != 0;
 }
 
 /* "/t/ID/rest", "/t/ID", "/t/ID?q": id and where the rest starts. */
@@ -257,7 +269,7 @@ ssize_t fy_route_rewrite(const fy_worker_t *w, const fy_client_t *c, const fy_h1
     puts_(&o, c->peer_ip);
     put(&o, "\r\n", 2);
     if (!have_proto)
-        put_header(&o, "X-Forwarded-Proto", "http", 4);
+        put_header(&o, "X-Forwarded-Proto", c->tls ? "https" : "http", c->tls ? 5 : 4);
     if (!have_fhost && host != NULL)
         put_header(&o, "X-Forwarded-Host", host, hostlen);
     put_header(&o, "X-Tunnel-Id", id, strlen(id));

@@ -18,6 +18,7 @@
 
 #define ACCEPTS_PER_WAKEUP 64
 #define DRAIN_CHECK_MS 100
+#define TLS_QUIET_MS 1000     /* a TLS session this long without a byte is idle */
 
 static void on_accept(fy_ev_t *ev, fy_io_t *io, uint32_t events)
 {
@@ -38,7 +39,10 @@ static void on_accept(fy_ev_t *ev, fy_io_t *io, uint32_t events)
             break;
         }
         fy_net_nodelay(fd);
-        fy_client_accept(l->w, l, fd, &ss);
+        if (l->tls)
+            fy_tls_accept(l->w, l, fd, &ss);
+        else
+            fy_client_accept(l->w, l, fd, &ss);
     }
     /* EPOLLEXCLUSIVE wakes the first waiter in the socket's queue, which
      * would be this worker again and again: going to the back of the queue
@@ -81,6 +85,24 @@ static int live_worker(fy_worker_t *w)
     return -1;
 }
 
+int fy_worker_owner_elsewhere(fy_worker_t *w, const char *id)
+{
+    fy_shm_entry_t e;
+    uint32_t i;
+
+    if (!fy_shm_lookup(&w->shm, id, &e))
+        return -1;
+    for (i = 0; i < e.nowners; i++) {
+        const fy_shm_owner_t *o = &e.owners[(w->rr + i) % e.nowners];
+        if (o->worker != w->index && o->worker < FY_SHM_MAX_WORKERS && w->mailbox_send[o->worker] >= 0
+            && atomic_load(&fy_shm_worker(&w->shm, o->worker)->state) != FY_SHM_W_DOWN) {
+            w->rr++;
+            return o->worker;
+        }
+    }
+    return -1;
+}
+
 int fy_worker_successor(fy_worker_t *w)
 {
     return live_worker(w);
@@ -100,7 +122,9 @@ static void hand_over_idle(fy_worker_t *w)
         return;
     for (c = w->clients; c != NULL; c = next) {
         next = c->next;
-        if (c->closed || c->admin || c->linger || c->state != FY_C_HEAD || c->pending > 0
+        /* A TLS session stays with its pump here: it closes at exit, as
+         * nginx closes idle keep-alive connections. */
+        if (c->closed || c->admin || c->tls || c->linger || c->state != FY_C_HEAD || c->pending > 0
             || fy_buf_len(&c->out) > 0)
             continue;
         if (c->ac != NULL)
@@ -115,7 +139,7 @@ static void on_drain_timer(fy_ev_t *ev, fy_timer_t *t)
 {
     fy_worker_t *w = t->data;
     fy_client_t *c;
-    bool busy = false;
+    bool busy = w->nhellos > 0 || fy_tls_pumps_busy(fy_ev_now(ev), TLS_QUIET_MS) > 0;
 
     hand_over_idle(w);
     for (c = w->clients; c != NULL; c = c->next)
@@ -211,6 +235,8 @@ static void reload(fy_worker_t *w, const fy_ctl_msg_t *m, int *fds, int nfds)
         return;
     }
     close(fds[0]);
+    if (fy_tls_load(w, nc) != FY_OK)
+        fy_log_err("worker %d: reload: kept the TLS certificate it had", w->index);
     for (i = 0; i < w->nlisteners; i++) {
         if (w->listeners[i].io.fd < 0)
             continue;
@@ -226,7 +252,8 @@ static void reload(fy_worker_t *w, const fy_ctl_msg_t *m, int *fds, int nfds)
         l->io.data = l;
         l->w = w;
         l->port = m->ports[i];
-        l->admin = m->admin[i] != 0;
+        l->admin = m->kind[i] == FY_LISTEN_ADMIN;
+        l->tls = m->kind[i] == FY_LISTEN_TLS;
         if (!w->draining && fy_io_set(w->ev, &l->io, EPOLLIN | EPOLLEXCLUSIVE) != FY_OK)
             fy_log(FY_LOG_ERR, errno, "worker %d: listener after reload", w->index);
     }
@@ -304,8 +331,9 @@ void fy_worker_handoff(fy_worker_t *w, fy_client_t *c, int target)
     h.hops = (uint16_t)(c->hops + 1);
     h.port = (uint16_t)c->port;
     h.len = (uint32_t)fy_buf_len(&c->in);
-    h.flags = c->judged_ok ? FY_HANDOFF_F_JUDGED : 0;
+    h.flags = (c->judged_ok ? FY_HANDOFF_F_JUDGED : 0) | (c->tls ? FY_HANDOFF_F_TLS : 0);
     h.peer = c->peer;
+    memcpy(h.sni_id, c->sni_id, sizeof(c->sni_id));
     rc = fy_handoff_send(w->mailbox_send[target], &h, fy_buf_data(&c->in), c->io.fd);
     if (rc == FY_OK) {
         atomic_fetch_add_explicit(&w->rec->handoffs_sent, 1, memory_order_relaxed);
@@ -352,8 +380,11 @@ static void on_mailbox(fy_ev_t *ev, fy_io_t *io, uint32_t events)
         }
         atomic_fetch_add_explicit(&w->rec->handoffs_received, 1, memory_order_relaxed);
         fy_net_nodelay(fd);
-        fy_client_adopt(w, fd, (const fy_handoff_hdr_t *)w->mailbox_buf,
-                        w->mailbox_buf + sizeof(fy_handoff_hdr_t));
+        if (((const fy_handoff_hdr_t *)w->mailbox_buf)->flags & FY_HANDOFF_F_TLS_RAW)
+            fy_tls_adopt_raw(w, fd, (const fy_handoff_hdr_t *)w->mailbox_buf);
+        else
+            fy_client_adopt(w, fd, (const fy_handoff_hdr_t *)w->mailbox_buf,
+                            w->mailbox_buf + sizeof(fy_handoff_hdr_t));
     }
 }
 
@@ -441,6 +472,9 @@ int fy_worker_main(const fy_worker_setup_t *st)
     w.mailbox.data = &w;
     fy_access_init(&w);
     randombytes_buf(w.digest_key, sizeof(w.digest_key));
+    memcpy(w.ticket_keys, st->ticket_keys, sizeof(w.ticket_keys));
+    if (fy_tls_load(&w, w.conf) != FY_OK)
+        fy_log_err("worker %d: HTTPS connections will be closed until a reload loads a certificate", w.index);
     w.retry_timer.cb = on_retry;
     w.retry_timer.data = &w;
     sigemptyset(&set);
@@ -467,7 +501,8 @@ int fy_worker_main(const fy_worker_setup_t *st)
         l->io.data = l;
         l->w = &w;
         l->port = st->ports[i];
-        l->admin = st->admin[i];
+        l->admin = st->kind[i] == FY_LISTEN_ADMIN;
+        l->tls = st->kind[i] == FY_LISTEN_TLS;
         if (fy_io_set(w.ev, &l->io, EPOLLIN | EPOLLEXCLUSIVE) != FY_OK) {
             fy_log(FY_LOG_ERR, errno, "worker %d: epoll", w.index);
             return 1;
@@ -483,6 +518,10 @@ int fy_worker_main(const fy_worker_setup_t *st)
     fy_log_info("worker %d started", w.index);
     fy_ev_run(w.ev);
     fy_cluster_stop(&w);
+    fy_tls_pump_close_all();
+    fy_ev_run_tasks(w.ev);
+    if (w.tls_ctx != NULL)
+        SSL_CTX_free(w.tls_ctx);
     fy_acl_stop(&w);
     fy_access_flush(&w);
     atomic_store(&w.rec->state, FY_SHM_W_DOWN);

@@ -24,6 +24,7 @@
 #include "worker/auth.h"
 #include "worker/chan.h"
 #include "shm/table.h"
+#include "tls/tls.h"
 
 #include <sys/socket.h>
 #include <time.h>
@@ -57,6 +58,7 @@ struct fy_listener_s {
     fy_worker_t  *w;
     int           port;
     bool          admin;
+    bool          tls;             /* HTTPS: the hello stage, then a TLS pump (tls.c) */
 };
 
 /* The tunnels that have connections on this worker (the host-wide view is
@@ -90,6 +92,7 @@ struct fy_agentconn_s {
     fy_timer_t      timer;           /* heartbeat watchdog */
     uint32_t        serial;          /* this worker's number for it (shared-table owner) */
     int             port;            /* listener port the agent came in on */
+    bool            tls;             /* ... and whether over TLS (its public URL is https) */
     char            addr[FY_ADDRSTRLEN];
 };
 
@@ -139,6 +142,8 @@ struct fy_client_s {
     bool             peer_eof;
     bool             blocked;         /* waiting for stream or connection credit */
     bool             linger;          /* final response written: draining input before close */
+    bool             tls;             /* the plaintext of a TLS session (tls.c): X-Forwarded-Proto https */
+    char             sni_id[FY_ID_MAX + 1];   /* the tunnel the TLS SNI named, or "" */
     enum fy_client_state state;
     int              port;            /* the listener's */
     struct sockaddr_storage peer;
@@ -205,6 +210,9 @@ struct fy_worker_s {
     time_t           access_sec;      /* ... formatted for this second */
     size_t           access_len;
     fy_timer_t       access_timer;
+    SSL_CTX         *tls_ctx;         /* listen_tls: the relay's context (tls.c), NULL without */
+    uint8_t          ticket_keys[FY_TLS_TICKET_KEYS];   /* the master's: every worker resumes every session */
+    uint32_t         nhellos;         /* TLS connections in the hello stage */
     uint8_t          digest_key[32];  /* for keyed BLAKE2b digests of credentials (random per process) */
     fy_acl_t        *acl;             /* the access rules' verifier */
     uint64_t         client_serial;
@@ -233,7 +241,8 @@ typedef struct fy_worker_setup_s {
     int        nfds;
     int        fds[FY_CONF_MAX_LISTEN + 1];
     int        ports[FY_CONF_MAX_LISTEN + 1];
-    bool       admin[FY_CONF_MAX_LISTEN + 1];
+    uint8_t    kind[FY_CONF_MAX_LISTEN + 1];   /* enum fy_listen_kind */
+    uint8_t    ticket_keys[FY_TLS_TICKET_KEYS];
     int        shm_fd;
     int        ctl_fd;
     int        mailbox_recv[FY_SHM_MAX_WORKERS];   /* by index, -1 if none; the worker keeps only its own */
@@ -249,6 +258,8 @@ void fy_worker_unregister(fy_worker_t *w, const char *id, uint32_t conn);
 void fy_worker_handoff(fy_worker_t *w, fy_client_t *c, int target);
 /* Re-examine parked clients (a tunnel came up, a deadline passed). */
 void fy_worker_wake(fy_worker_t *w, const char *id);
+/* Another worker holding tunnel id (taken in turn), or -1. */
+int fy_worker_owner_elsewhere(fy_worker_t *w, const char *id);
 /* A worker that is not draining and can take connections (another
  * generation's, during an upgrade): its index, or -1. */
 int fy_worker_successor(fy_worker_t *w);
@@ -331,6 +342,9 @@ enum fy_route_via { FY_VIA_NONE = 0, FY_VIA_HOST, FY_VIA_PATH, FY_VIA_HEADER, FY
 int fy_route_resolve(const fy_worker_t *w, const fy_h1_request_t *req, char *id, enum fy_route_via *via);
 /* True when the Host names a tunnel ({id}.{domain}). */
 bool fy_route_host_names_tunnel(const fy_worker_t *w, const fy_h1_request_t *req);
+/* The tunnel a host name (port and a final dot allowed) names as {id}.{domain}. */
+int fy_route_host_id(const fy_worker_t *w, const char *h, size_t n, char *id);
+bool fy_route_misdirected(const fy_worker_t *w, const fy_client_t *c, const fy_h1_request_t *req);
 /* Write the head to forward into out[cap]: path rewritten for path routing,
  * client X-Tunnel-Id/X-Forwarded-* dropped, ours added. Returns the length
  * or FY_ERR if it does not fit. */
@@ -352,6 +366,17 @@ bool fy_acl_applies(const fy_conf_t *conf, const char *id);
 /* Judge a request for tunnel id: FY_ACL_PENDING parks it until the
  * verifier answers (then it is judged again with the answer). */
 int fy_acl_check(fy_client_t *c, const fy_h1_request_t *req, const char *id);
+
+/* tls.c: HTTPS listeners. */
+void fy_tls_accept(fy_worker_t *w, fy_listener_t *l, int fd, const struct sockaddr_storage *peer);
+/* A raw TLS socket handed over for its SNI: do the handshake here. */
+void fy_tls_adopt_raw(fy_worker_t *w, int fd, const fy_handoff_hdr_t *h);
+/* Terminate TLS on fd here; the plaintext becomes a client connection. */
+void fy_tls_terminate(fy_worker_t *w, int fd, int port, const struct sockaddr_storage *peer, const char *sni_id);
+/* (Re)build the worker's context from conf (kept as it was on failure). */
+int fy_tls_load(fy_worker_t *w, const fy_conf_t *conf) FY_MUST_USE;
+/* Can conf's certificate and key be loaded? (-t, start, reload) */
+int fy_tls_check(const fy_conf_t *conf, char *err, size_t errlen) FY_MUST_USE;
 
 /* admin.c */
 void fy_admin_request(fy_client_t *c, const fy_h1_request_t *req);

@@ -9,7 +9,6 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include <sodium.h>
 
 #define TUN_READ_SIZE  (64u * 1024)
 #define TUN_IN_MAX     (TUN_READ_SIZE + FY_WS_MAX_HEADER + FY_WS_MAX_CONTROL + 1024)
@@ -135,7 +134,7 @@ static void seal(fy_tun_t *t, fy_tun_chunk_t *c)
     size_t hl;
 
     if (t->client) {
-        randombytes_buf(mask, sizeof(mask));
+        fy_ws_new_mask(mask);
         hl = fy_ws_write_header(hdr, true, FY_WS_BINARY, c->len, mask);
         fy_ws_mask(c->data + FY_WS_MAX_HEADER, c->len, mask, 0);
     } else {
@@ -394,7 +393,7 @@ static void handle_ws_control(fy_tun_t *t, const fy_ws_event_t *e)
         size_t hl;
         int op = e->opcode == FY_WS_PING ? FY_WS_PONG : FY_WS_CLOSE;
         if (t->client)
-            randombytes_buf(mask, sizeof(mask));
+            fy_ws_new_mask(mask);
         hl = fy_ws_write_header(hdr, true, op, e->len, t->client ? mask : NULL);
         memcpy(frame, hdr, hl);
         memcpy(frame + hl, e->data, e->len);

@@ -372,6 +372,20 @@ int fy_ws_accept_key(const char *key, size_t key_len, char out[29])
     return FY_OK;
 }
 
+void fy_ws_new_mask(uint8_t mask[4])
+{
+    static uint8_t pool[1024];
+    static size_t used = sizeof(pool);
+
+    if (used == sizeof(pool)) {
+        randombytes_buf(pool, sizeof(pool));
+        used = 0;
+    }
+    memcpy(mask, pool + used, 4);
+    sodium_memzero(pool + used, 4);   /* a key is handed out once */
+    used += 4;
+}
+
 void fy_ws_make_key(char out[25])
 {
     uint8_t raw[WS_KEY_RAW];

@@ -83,6 +83,11 @@ ssize_t fy_ws_read(fy_ws_reader_t *r, uint8_t *buf, size_t len, fy_ws_event_t *e
 size_t fy_ws_header_size(uint64_t len, bool masked);
 size_t fy_ws_write_header(uint8_t *out, bool fin, int opcode, uint64_t len, const uint8_t *mask);
 
+/* A fresh masking key for a client frame (§5.3: unpredictable), from a
+ * pool of random bytes refilled 1 KiB at a time: one getrandom() per 256
+ * frames instead of one per frame. */
+void fy_ws_new_mask(uint8_t mask[4]);
+
 /* XOR data with mask, starting at mask position offset (so a payload can
  * be masked in pieces). Masks in place. */
 void fy_ws_mask(uint8_t *data, size_t len, const uint8_t mask[4], uint64_t offset);

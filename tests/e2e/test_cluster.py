@@ -148,10 +148,10 @@ def node_mac_key(secret_path):
     return hashlib.blake2b(raw, digest_size=32, key=b"ferry.cluster.secret.v1").digest()
 
 
-def sign(key, node, ts, client, method, target, host):
-    msg = b"ferry.node.v1\n%s %s\n%s\n%s\n%d\n%s" % (method.encode(), target.encode(), host.encode(),
-                                                     node.encode(), ts, client.encode())
-    return "%s %d %s %s" % (node, ts, client, hashlib.blake2b(msg, digest_size=32, key=key).hexdigest())
+def sign(key, node, ts, client, method, target, host, proto="http"):
+    msg = b"ferry.node.v1\n%s %s\n%s\n%s\n%d\n%s\n%s" % (method.encode(), target.encode(), host.encode(),
+                                                         node.encode(), ts, client.encode(), proto.encode())
+    return "%s %d %s %s %s" % (node, ts, client, proto, hashlib.blake2b(msg, digest_size=32, key=key).hexdigest())
 
 
 @pytest.fixture
@@ -473,13 +473,18 @@ def test_forged_or_stale_node_mac_403(stack):
     r = req(sign(key, "n2", now, "198.51.100.7:4242", "GET", "/echo", host))
     assert r.status_code == 200
     assert [v for k, v in r.json()["headers"] if k.lower() == "x-forwarded-for"] == ["198.51.100.7"]
+    assert [v for k, v in r.json()["headers"] if k.lower() == "x-forwarded-proto"] == ["http"]
     assert not [k for k, v in r.json()["headers"] if k.lower() == "x-ferry-forwarded"]
+    r = req(sign(key, "n2", now, "198.51.100.7:4242", "GET", "/echo", host, "https"))
+    assert r.status_code == 200
+    assert [v for k, v in r.json()["headers"] if k.lower() == "x-forwarded-proto"] == ["https"]
 
     forged = [
         sign(b"\x01" * 32, "n2", now, "198.51.100.7:4242", "GET", "/echo", host),    # another secret
         sign(key, "n2", now, "198.51.100.7:4242", "GET", "/other", host),            # another request line
         sign(key, "n2", now, "198.51.100.7:4242", "GET", "/echo", host).replace("198.51.100.7", "198.51.100.8"),
-        "n2 %d 1.2.3.4:5 %s" % (now, "0" * 64),
+        sign(key, "n2", now, "198.51.100.7:4242", "GET", "/echo", host).replace(" http ", " https "),
+        "n2 %d 1.2.3.4:5 http %s" % (now, "0" * 64),
         "garbage",
     ]
     for v in forged:
@@ -489,7 +494,7 @@ def test_forged_or_stale_node_mac_403(stack):
         r = req(sign(key, "n2", ts, "198.51.100.7:4242", "GET", "/echo", host))
         assert r.status_code == 403 and r.headers["X-Ferry-Error"] == "node_mac_stale", (ts, r.status_code)
     text = s.http.get(n1.admin_url("/metrics"), timeout=wait(10)).text
-    assert 'ferry_errors_total{code="node_mac_invalid"} 5' in text
+    assert 'ferry_errors_total{code="node_mac_invalid"} 6' in text
     assert 'ferry_errors_total{code="node_mac_stale"} 2' in text
 
 

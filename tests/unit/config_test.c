@@ -281,3 +281,70 @@ Test(config, cluster)
     cr_assert(strstr(err, "group or others") != NULL, "%s", err);
     unlink(secret);
 }
+
+Test(config, tls_keys)
+{
+    char err[512];
+    fy_conf_t *c = load_text("listen: []\nlisten_tls: [\"127.0.0.1:8443\", \"[::1]:8443\"]\n"
+                             "tls: {cert: /x/cert.pem, key: /x/key.pem, ocsp_staple: /x/ocsp.der}\n"
+                             "agents_require_tls: true\n", err, sizeof(err));
+    cr_assert_not_null(c, "%s", err);
+    cr_assert_eq(c->nlisten, 0);
+    cr_assert_eq(c->nlisten_tls, 2);
+    cr_assert_str_eq(c->listen_tls[1], "[::1]:8443");
+    cr_assert_str_eq(c->tls_cert, "/x/cert.pem");
+    cr_assert_str_eq(c->tls_key, "/x/key.pem");
+    cr_assert_str_eq(c->tls_ocsp, "/x/ocsp.der");
+    cr_assert(c->agents_require_tls);
+    cr_assert_eq(fy_config_check(c, err, sizeof(err)), FY_OK, "%s", err);
+    fy_config_free(c);
+}
+
+Test(config, tls_refusals)
+{
+    static const struct { const char *yaml, *says; } cases[] = {
+        {"listen_tls: [\"127.0.0.1:8443\"]\n", "need tls.cert and tls.key"},
+        {"listen_tls: [\"127.0.0.1:8443\"]\ntls: {cert: /x/c.pem}\n", "need tls.cert and tls.key"},
+        {"agents_require_tls: true\n", "no listen_tls"},
+        {"listen: []\n", "at least one listener"},
+        {"listen_tls: [\"0.0.0.0:8443\"]\ntls: {cert: /c, key: /k}\n", "agent auth is off"},
+    };
+    static const struct { const char *yaml, *says; } load_cases[] = {
+        {"tls: {cert: /c, chain: /x}\n", "unknown key in tls"},
+        {"agents_require_tls: maybe\n", "is not true or false"},
+        {"listen_tls: \"nope\"\n", "listen_tls"},
+    };
+    char err[512];
+    size_t i;
+
+    for (i = 0; i < FY_NELEM(cases); i++) {
+        fy_conf_t *c = load_text(cases[i].yaml, err, sizeof(err));
+        cr_assert_not_null(c, "%s: %s", cases[i].yaml, err);
+        cr_assert_eq(fy_config_check(c, err, sizeof(err)), FY_ERR, "%s", cases[i].yaml);
+        cr_assert(strstr(err, cases[i].says) != NULL, "%s: %s", cases[i].yaml, err);
+        fy_config_free(c);
+    }
+    for (i = 0; i < FY_NELEM(load_cases); i++) {
+        cr_assert_null(load_text(load_cases[i].yaml, err, sizeof(err)), "%s", load_cases[i].yaml);
+        cr_assert(strstr(err, load_cases[i].says) != NULL, "%s: %s", load_cases[i].yaml, err);
+    }
+}
+
+/* listen and listen_tls share FY_CONF_MAX_LISTEN (the listen sockets a
+ * reload passes in one message). */
+Test(config, listeners_together_are_bounded)
+{
+    char yaml[2048], err[512];
+    size_t o = 0;
+    int i;
+
+    o += (size_t)snprintf(yaml + o, sizeof(yaml) - o, "listen: [");
+    for (i = 0; i < 10; i++)
+        o += (size_t)snprintf(yaml + o, sizeof(yaml) - o, "%s\"127.0.0.1:%d\"", i ? ", " : "", 9000 + i);
+    o += (size_t)snprintf(yaml + o, sizeof(yaml) - o, "]\nlisten_tls: [");
+    for (i = 0; i < 7; i++)
+        o += (size_t)snprintf(yaml + o, sizeof(yaml) - o, "%s\"127.0.0.1:%d\"", i ? ", " : "", 9500 + i);
+    snprintf(yaml + o, sizeof(yaml) - o, "]\n");
+    cr_assert_null(load_text(yaml, err, sizeof(err)));
+    cr_assert(strstr(err, "at most 16 listeners") != NULL, "%s", err);
+}
