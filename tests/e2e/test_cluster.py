@@ -16,6 +16,7 @@ loop has a deadline; nothing asserts on timing.
 import asyncio
 import concurrent.futures
 import hashlib
+import json
 import os
 import random
 import re
@@ -160,7 +161,7 @@ def stack(workdir, relay_factory, agent_factory, origin, request):
     made = {}
     Redis.started.clear()
 
-    def make(mode="proxy", nodes=3, ttl="6s"):
+    def make(mode="proxy", nodes=3, ttl="6s", tls_node=None, pki=None):
         s = Stack()
         s.secret = write_secret(workdir)
         s.redis = Redis(workdir).start()
@@ -174,6 +175,10 @@ def stack(workdir, relay_factory, agent_factory, origin, request):
                                        "mode": mode, "ttl": ttl})
             r.port = ports[i]
             r.cfg["listen"] = ["127.0.0.1:%d" % ports[i]]
+            if i == tls_node:
+                r.tls_port = free_port()
+                r.cfg["listen_tls"] = ["127.0.0.1:%d" % r.tls_port]
+                r.cfg["tls"] = {"cert": pki["server"], "key": pki["server_key"]}
             r.start()
             s.nodes.append(r)
         s.nginx = Nginx(workdir, "nginx-directory.conf", ports)
@@ -318,6 +323,30 @@ def test_proxy_streams_websocket_and_keepalive_across_nodes(stack):
         r = s.get(other.url(""), tid)
         assert r.status_code == (404 if tid == "nope" else 200), (tid, r.status_code, r.text)
     assert s.metrics(1)["forwarded_out"] >= 4 and s.metrics(0)["forwarded_in"] >= 4
+
+
+def test_https_end_user_forwarded_keeps_https(stack, workdir):
+    """An HTTPS end user on a node that does not hold the tunnel: the owner
+    says X-Forwarded-Proto: https, and the next request on the same TLS
+    connection (handed back after the forward) is still https."""
+    import tlsca
+    pki = tlsca.make_pki(os.path.join(workdir, "pki"), ["sec.localhost"])
+    s = stack("proxy", nodes=2, tls_node=1, pki=pki)
+    s.agents["sec"] = s.agent_factory(s.nodes[0], subdomain="sec")
+    poll(lambda: "sec" in s.directory(), wait(10), what="tunnel in the directory")
+    n2 = s.nodes[1]
+    url = "https://sec.localhost:%d/echo" % n2.tls_port
+    out = subprocess.run(["curl", "-sS", "--noproxy", "*", "--cacert", pki["ca"], "--resolve",
+                          "sec.localhost:%d:127.0.0.1" % n2.tls_port, url, "-o", os.path.join(workdir, "a.json"),
+                          url, "-o", os.path.join(workdir, "b.json")], capture_output=True, text=True,
+                         timeout=wait(30))
+    assert out.returncode == 0, out.stderr
+    for name in ("a.json", "b.json"):
+        with open(os.path.join(workdir, name)) as f:
+            j = json.load(f)
+        assert [v for k, v in j["headers"] if k.lower() == "x-forwarded-proto"] == ["https"], j
+        assert [v for k, v in j["headers"] if k.lower() == "x-tunnel-id"] == ["sec"]
+    assert s.metrics(1)["forwarded_out"] >= 2 and s.metrics(0)["forwarded_in"] >= 2
 
 
 # ---------------------------------------------------------------------------
