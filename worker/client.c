@@ -92,8 +92,6 @@ void fy_client_adopt(fy_worker_t *w, int fd, const fy_handoff_hdr_t *h, const ui
     c->prejudged = (h->flags & FY_HANDOFF_F_JUDGED) != 0;
     c->tls = (h->flags & FY_HANDOFF_F_TLS) != 0;
     snprintf(c->sni_id, sizeof(c->sni_id), "%.*s", (int)strnlen(h->sni_id, sizeof(h->sni_id)), h->sni_id);
-    if (h->len == 0)
-        c->head_started = 0;   /* an idle keep-alive connection: idle_timeout, not header_timeout */
     if (fy_buf_append(&c->in, bytes, h->len, in_max(c)) != FY_OK) {
         fy_client_error(c, false, 431, "header_too_large", "the request head is too large");
         return;
