@@ -437,6 +437,152 @@ static int load_access(loader_t *l, fy_conf_t *c, yaml_node_t *v)
     return FY_OK;
 }
 
+/* --- cluster: (docs: README "Running several nodes") --------------------- */
+
+/* "localhost" is the one name accepted (as 127.0.0.1): a worker's loop
+ * never resolves names, so every other address must be an IP literal. */
+static int cluster_addr(loader_t *l, yaml_node_t *v, const char *key, const char *hostport, char *out, size_t cap)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    const char *s = hostport;
+    char tmp[128];
+
+    if (!strncmp(s, "localhost:", 10)) {
+        snprintf(tmp, sizeof(tmp), "127.0.0.1:%s", s + 10);
+        s = tmp;
+    }
+    if (strlen(s) >= cap || fy_net_parse_addr(s, &ss, &len) != FY_OK)
+        return fail(l, v, key, "\"%s\" is not IP:PORT (names other than localhost are not resolved: "
+                    "give an address)", hostport);
+    memcpy(out, s, strlen(s) + 1);
+    return FY_OK;
+}
+
+static int cluster_redis(loader_t *l, fy_conf_t *c, yaml_node_t *v)
+{
+    const char *s, *at, *hp;
+    char buf[192];
+    size_t n;
+
+    FY_GUARD(set_str(l, v, "cluster.redis", &c->cluster.redis));
+    s = c->cluster.redis;
+    if (!strncmp(s, "redis://", 8))
+        s += 8;
+    free(c->cluster.redis_password);
+    c->cluster.redis_password = NULL;
+    if ((at = strrchr(s, '@')) != NULL) {
+        const char *colon = memchr(s, ':', (size_t)(at - s));
+        if (colon == NULL || at - colon - 1 == 0)
+            return fail(l, v, "cluster.redis", "expected redis://[:PASSWORD@]HOST:PORT");
+        if ((c->cluster.redis_password = strndup(colon + 1, (size_t)(at - colon - 1))) == NULL)
+            return fail(l, v, "cluster.redis", "out of memory");
+        s = at + 1;
+    }
+    n = strcspn(s, "/");
+    if (n == 0 || n >= sizeof(buf) - 8 || (s[n] == '/' && s[n + 1] != '\0'))
+        return fail(l, v, "cluster.redis", "\"%s\": expected redis://[:PASSWORD@]HOST:PORT (no database number)",
+                    c->cluster.redis);
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    hp = strrchr(buf, ':');
+    if (hp == NULL || (buf[0] == '[' && strchr(hp, ']') != NULL))
+        memcpy(buf + n, ":6379", 6);
+    return cluster_addr(l, v, "cluster.redis", buf, c->cluster.redis_addr, sizeof(c->cluster.redis_addr));
+}
+
+static int cluster_key(loader_t *l, fy_conf_t *c, const char *k, yaml_node_t *v)
+{
+    const char *s;
+    size_t i, n;
+
+    if (!strcmp(k, "redis"))
+        return cluster_redis(l, c, v);
+    if (!strcmp(k, "node")) {
+        FY_GUARD(want_scalar(l, v, "cluster.node", &s));
+        n = strlen(s);
+        if (n == 0 || n > FY_NODE_MAX || strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789._-") != n)
+            return fail(l, v, "cluster.node", "\"%s\" is not a node name (1-%d of a-z 0-9 . _ -)", s, FY_NODE_MAX);
+        memcpy(c->cluster.node, s, n + 1);
+        return FY_OK;
+    }
+    if (!strcmp(k, "advertise")) {
+        FY_GUARD(set_str(l, v, "cluster.advertise", &c->cluster.advertise));
+        s = c->cluster.advertise;
+        n = strlen(s);
+        while (n > 0 && s[n - 1] == '/')
+            c->cluster.advertise[--n] = '\0';
+        if (strncmp(s, "http://", 7) != 0 || strchr(s + 7, '/') != NULL)
+            return fail(l, v, "cluster.advertise", "\"%s\" is not http://IP:PORT", s);
+        return cluster_addr(l, v, "cluster.advertise", s + 7, c->cluster.advertise_addr,
+                            sizeof(c->cluster.advertise_addr));
+    }
+    if (!strcmp(k, "secret")) {
+        char why[512];
+        char *buf;
+        size_t len;
+
+        FY_GUARD(set_str(l, v, "cluster.secret", &c->cluster.secret));
+        why[0] = '\0';
+        if ((buf = fy_conf_read_file("file", c->cluster.secret, 4096, true, &len, why, sizeof(why))) == NULL)
+            return fail(l, v, "cluster.secret", "%s", why);
+        while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r' || buf[len - 1] == ' '))
+            len--;
+        for (i = 0, n = 0; i < len; i++)
+            n += buf[i] != buf[0];
+        if (len < 32 || n == 0) {
+            sodium_memzero(buf, len);
+            free(buf);
+            return fail(l, v, "cluster.secret", "%s: at least 32 bytes of secret are needed "
+                        "(e.g. head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE)", c->cluster.secret);
+        }
+        crypto_generichash(c->cluster.key, sizeof(c->cluster.key), (const uint8_t *)buf, len,
+                           (const uint8_t *)"ferry.cluster.secret.v1", 23);
+        sodium_memzero(buf, len);
+        free(buf);
+        return FY_OK;
+    }
+    if (!strcmp(k, "mode")) {
+        FY_GUARD(want_scalar(l, v, "cluster.mode", &s));
+        if (strcmp(s, "proxy") != 0 && strcmp(s, "redirect") != 0)
+            return fail(l, v, "cluster.mode", "\"%s\" is not proxy or redirect", s);
+        c->cluster.redirect = !strcmp(s, "redirect");
+        return FY_OK;
+    }
+    if (!strcmp(k, "ttl")) {
+        FY_GUARD(set_duration(l, v, "cluster.ttl", &c->cluster.ttl));
+        if (c->cluster.ttl < 3000 || c->cluster.ttl > 3600000)
+            return fail(l, v, "cluster.ttl", "must be between 3s and 1h");
+        return FY_OK;
+    }
+    if (!strcmp(k, "timeout")) {
+        FY_GUARD(set_duration(l, v, "cluster.timeout", &c->cluster.timeout));
+        if (c->cluster.timeout < 50 || c->cluster.timeout > 60000)
+            return fail(l, v, "cluster.timeout", "must be between 50ms and 60s");
+        return FY_OK;
+    }
+    return fail(l, v, k, "unknown key in cluster (redis, node, advertise, secret, mode, ttl, timeout)");
+}
+
+static int load_cluster(loader_t *l, fy_conf_t *c, yaml_node_t *v)
+{
+    const char *missing = NULL;
+
+    c->cluster.on = true;
+    FY_GUARD(walk_map(l, c, v, "cluster", cluster_key));
+    if (c->cluster.redis == NULL)
+        missing = "redis";
+    else if (c->cluster.node[0] == '\0')
+        missing = "node";
+    else if (c->cluster.advertise == NULL)
+        missing = "advertise";
+    else if (c->cluster.secret == NULL)
+        missing = "secret";
+    if (missing != NULL)
+        return fail(l, v, "cluster", "cluster.%s is required when cluster: is set", missing);
+    return FY_OK;
+}
+
 static int top_key(loader_t *l, fy_conf_t *c, const char *k, yaml_node_t *v)
 {
     const char *s;
@@ -526,7 +672,7 @@ static int top_key(loader_t *l, fy_conf_t *c, const char *k, yaml_node_t *v)
     if (!strcmp(k, "log"))
         return walk_map(l, c, v, "log", log_key);
     if (!strcmp(k, "cluster"))
-        return fail(l, v, k, "not implemented yet in ferryd %s (see README, \"What works\")", FY_VERSION);
+        return load_cluster(l, c, v);
     return fail(l, v, k, "unknown key");
 }
 
@@ -557,6 +703,8 @@ static fy_conf_t *defaults(void)
     c->limits.upstream_timeout = 60000;
     c->limits.tunnel_wait = 3000;
     c->limits.drain_timeout = 30000;
+    c->cluster.ttl = 15000;
+    c->cluster.timeout = 1000;
     c->log_file = strdup("stderr");
     if (!c->listen[0] || !c->admin || !c->domain || !c->agent_path || !c->path_prefix || !c->log_file) {
         fy_config_free(c);
@@ -676,6 +824,11 @@ void fy_config_free(fy_conf_t *c)
     free(c->auth_revoked);
     free(c->log_file);
     free(c->access);
+    free(c->cluster.redis);
+    free(c->cluster.redis_password);
+    free(c->cluster.advertise);
+    free(c->cluster.secret);
+    sodium_memzero(c->cluster.key, sizeof(c->cluster.key));
     free(c);
 }
 

@@ -58,6 +58,25 @@ typedef struct fy_access_rule_s {
 #define FY_ACCESS_MAX_MEM_KIB 65536
 #define FY_ACCESS_MAX_PASSES 4
 
+/* cluster: several ferryd nodes sharing a Redis tunnel directory
+ * (worker/cluster.c, master/directory.c). Addresses are IP:PORT, checked at
+ * load: nothing on a worker's loop ever resolves a name. */
+#define FY_NODE_MAX 63
+typedef struct fy_conf_cluster_s {
+    bool     on;                        /* a cluster: section is present */
+    bool     redirect;                  /* mode: redirect (307) instead of proxy */
+    char     node[FY_NODE_MAX + 1];     /* [a-z0-9._-], unique per node */
+    char    *redis;                     /* as written, for logs */
+    char     redis_addr[64];            /* IP:PORT */
+    char    *redis_password;            /* from redis://:PASSWORD@..., or NULL */
+    char    *advertise;                 /* http://IP:PORT, no trailing slash */
+    char     advertise_addr[64];        /* its IP:PORT */
+    char    *secret;                    /* the secret file's path */
+    uint8_t  key[32];                   /* BLAKE2b-256 of the secret file's bytes */
+    uint64_t ttl;                       /* ms: directory entries expire after this */
+    uint64_t timeout;                   /* ms: Redis connect and each command */
+} fy_conf_cluster_t;
+
 typedef struct fy_conf_s {
     char       *listen[FY_CONF_MAX_LISTEN];
     int         nlisten;
@@ -98,6 +117,7 @@ typedef struct fy_conf_s {
         uint64_t tunnel_wait;
         uint64_t drain_timeout;
     } limits;
+    fy_conf_cluster_t cluster;   /* cluster: (docs/cluster.md) */
 } fy_conf_t;
 
 /*

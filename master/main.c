@@ -10,6 +10,7 @@
 #include "master/cmd.h"
 #include "master/config.h"
 #include "master/master.h"
+#include "master/directory.h"
 #include "net/net.h"
 #include "worker/auth.h"
 #include "worker/worker.h"
@@ -174,10 +175,12 @@ static void on_ctl(fy_chan_t *ch, const fy_ctl_msg_t *msg, int *fds, int nfds)
         if (r.result == FY_SHM_ADDED) {
             r.type = FY_CTL_TUNNEL_UP;
             broadcast(m, &r);
+            fy_dir_up(msg->id);
         }
         return;
     case FY_CTL_UNREGISTER:
         fy_shm_remove_owner(&m->shm, msg->id, (uint16_t)ws->index, msg->conn);
+        fy_dir_check(msg->id);
         return;
     default:
         return;
@@ -213,6 +216,7 @@ static void spawn_worker(master_t *m, int i)
         /* The worker keeps the listeners, the region, its channel and the
          * mailboxes; not the master's loop, signals or other channels. */
         close(m->sigio.fd);
+        fy_dir_child();
         fy_ev_free(m->ev);
         close(ctl[0]);
         for (k = 0; k < m->nworkers; k++)
@@ -298,7 +302,9 @@ static void reap(master_t *m)
             ws->ctl_open = false;
         }
         /* Its tunnels leave the table at once; their agents reconnect. */
+        fy_dir_before_sweep((uint16_t)ws->index);
         gone = fy_shm_sweep_worker(&m->shm, (uint16_t)ws->index);
+        fy_dir_after_sweep();
         atomic_store(&fy_shm_worker(&m->shm, (unsigned)ws->index)->state, FY_SHM_W_DOWN);
         if (m->stopping) {
             if (!any_worker(m))
@@ -405,6 +411,15 @@ static void reload(master_t *m)
     }
     nworkers = nc->workers > 0 ? nc->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
     nworkers = FY_MAX(1, FY_MIN(nworkers, FY_SHM_MAX_WORKERS));
+    if (nc->cluster.on != m->conf->cluster.on || strcmp(nc->cluster.node, m->conf->cluster.node) != 0
+        || strcmp(nc->cluster.redis_addr, m->conf->cluster.redis_addr) != 0
+        || (nc->cluster.on && strcmp(nc->cluster.advertise, m->conf->cluster.advertise) != 0)) {
+        fy_log_err("reload: %s: cluster.redis, cluster.node and cluster.advertise change only with a restart or an "
+                   "upgrade (-s upgrade); kept the running configuration", m->conf_path);
+        fy_config_free(nc);
+        close(fd);
+        return;
+    }
     if (nworkers != m->nworkers || nc->limits.max_tunnels != m->conf->limits.max_tunnels) {
         fy_log_err("reload: %s: workers and limits.max_tunnels change only with a restart or an upgrade "
                    "(-s upgrade); kept the running configuration", m->conf_path);
@@ -762,7 +777,12 @@ int main(int argc, char **argv)
     for (i = 0; i < m.nworkers; i++)
         spawn_worker(&m, i);
     fy__master_announce(&m);
+    if (fy_dir_start(&m) != FY_OK) {
+        fy_log_err("cluster: cannot start the directory writer");
+        return 1;
+    }
     fy_ev_run(m.ev);
+    fy_dir_stop();
     if (m.pid_path != NULL && m.pid_path[0] != '\0')
         unlink_pidfile(&m);
     fy_log_info("master exiting");

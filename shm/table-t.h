@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #define FY_SHM_MAGIC        0x46455259u   /* "FERY" */
-#define FY_SHM_VERSION      1u
+#define FY_SHM_VERSION      2u
 #define FY_SHM_MAX_WORKERS  64
 #define FY_SHM_MAX_OWNERS   4
 #define FY_SHM_ID_LEN       64            /* 63 chars + NUL */
@@ -62,11 +62,12 @@ typedef struct fy_shm_worker_s {
     _Atomic uint64_t requests;
     _Atomic uint64_t bytes_in, bytes_out;
     _Atomic uint64_t handoffs_sent, handoffs_received, handoffs_failed;
-    _Atomic uint64_t errors[32];             /* by code, fy_error_codes order */
+    _Atomic uint64_t errors[40];             /* by code, fy_error_codes order */
     _Atomic uint64_t agent_connects;
     _Atomic uint64_t clients;                /* gauge */
     _Atomic uint32_t agents;                 /* gauge: agent connections it holds */
     uint32_t         pad2;
+    _Atomic uint64_t cluster[8];             /* by enum fy_cluster_counter (worker/cluster.h) */
 } fy_shm_worker_t;
 
 typedef struct fy_shm_hdr_s {

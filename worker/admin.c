@@ -3,6 +3,7 @@
  * /metrics (Prometheus text) and /api/tunnels (JSON).
  */
 #include "worker/worker.h"
+#include "worker/cluster.h"
 
 #include <stddef.h>
 #include <stdio.h>
@@ -16,7 +17,8 @@ const char *const fy_error_codes[] = {
     "bad_request", "header_too_large", "header_timeout", "body_timeout", "bad_version", "bad_response",
     "upstream_closed", "tunnel_lost", "tunnel_taken", "handoff_failed", "busy", "draining", "relay_full",
     "bad_tunnel_id", "token_missing", "token_malformed", "token_bad_signature", "token_expired", "token_revoked",
-    "token_unknown", "tunnel_forbidden", "denied", "tls_hello", "misdirected", "tls_required", NULL,
+    "token_unknown", "tunnel_forbidden", "denied", "tls_hello", "misdirected", "tls_required",
+    "cluster_unavailable", "node_mac_invalid", "node_mac_stale", NULL,
 };
 
 _Static_assert(sizeof(fy_error_codes) / sizeof(fy_error_codes[0]) <= 1 + sizeof(((fy_shm_worker_t *)0)->errors) / sizeof(uint64_t),
@@ -77,6 +79,29 @@ static uint64_t sum(fy_worker_t *w, size_t offset)
 
 #define SUM(field) (unsigned long long)sum(w, offsetof(fy_shm_worker_t, field))
 
+/* The cluster's share of /metrics (README "Running several nodes"). */
+static void cluster_metrics(fy_worker_t *w, text_t *t)
+{
+    unsigned up = 1;
+    int i;
+
+    for (i = w->base; i < w->base + w->nworkers; i++)
+        up &= (unsigned)atomic_load(&fy_shm_worker(&w->shm, (unsigned)i)->cluster[FY_CC_DIRECTORY_UP]) & 1u;
+    tprintf(t, "# TYPE ferry_cluster_node_info gauge\nferry_cluster_node_info{node=\"%s\",mode=\"%s\"} 1\n",
+            w->conf->cluster.node, w->conf->cluster.redirect ? "redirect" : "proxy");
+    tprintf(t, "# TYPE ferry_cluster_directory_up gauge\nferry_cluster_directory_up %u\n", up);
+    tprintf(t, "# TYPE ferry_cluster_requests_total counter\n");
+    tprintf(t, "ferry_cluster_requests_total{direction=\"forwarded_out\"} %llu\n", SUM(cluster[FY_CC_FORWARDED_OUT]));
+    tprintf(t, "ferry_cluster_requests_total{direction=\"forwarded_in\"} %llu\n", SUM(cluster[FY_CC_FORWARDED_IN]));
+    tprintf(t, "ferry_cluster_requests_total{direction=\"redirected\"} %llu\n", SUM(cluster[FY_CC_REDIRECTS]));
+    tprintf(t, "# TYPE ferry_cluster_lookups_total counter\nferry_cluster_lookups_total %llu\n",
+            SUM(cluster[FY_CC_LOOKUPS]));
+    tprintf(t, "# TYPE ferry_cluster_forward_failures_total counter\nferry_cluster_forward_failures_total %llu\n",
+            SUM(cluster[FY_CC_FORWARD_FAILED]));
+    tprintf(t, "# TYPE ferry_cluster_unavailable_total counter\nferry_cluster_unavailable_total %llu\n",
+            SUM(cluster[FY_CC_UNAVAILABLE]));
+}
+
 /* Prometheus text for the whole host: every worker's record is summed. */
 static void metrics(fy_worker_t *w, text_t *t)
 {
@@ -99,6 +124,8 @@ static void metrics(fy_worker_t *w, text_t *t)
     for (i = 0; fy_error_codes[i] != NULL; i++)
         tprintf(t, "ferry_errors_total{code=\"%s\"} %llu\n", fy_error_codes[i],
                 (unsigned long long)sum(w, offsetof(fy_shm_worker_t, errors) + (size_t)i * sizeof(uint64_t)));
+    if (w->conf->cluster.on)
+        cluster_metrics(w, t);
     tprintf(t, "# TYPE ferry_worker_restarts_total counter\nferry_worker_restarts_total %llu\n",
             (unsigned long long)atomic_load(&w->shm.hdr->worker_restarts));
     tprintf(t, "# TYPE ferry_reloads_total counter\nferry_reloads_total %llu\n",
@@ -118,7 +145,10 @@ static void tunnels_json(fy_worker_t *w, text_t *t)
         t->b.rpos = t->b.wpos = 0;
         if (e1 & 1)
             continue;
-        tprintf(t, "{\"tunnels\":[");
+        if (w->conf->cluster.on)   /* node names are [a-z0-9._-] */
+            tprintf(t, "{\"node\":\"%s\",\"tunnels\":[", w->conf->cluster.node);
+        else
+            tprintf(t, "{\"tunnels\":[");
         for (i = 0; i < w->shm.hdr->capacity; i++) {
             fy_shm_entry_t e;
             int owner;
@@ -132,7 +162,7 @@ static void tunnels_json(fy_worker_t *w, text_t *t)
             for (uint32_t k = 0; k < e.nowners; k++)
                 tprintf(t, "%s%u", k ? "," : "", e.owners[k].worker);
             tprintf(t, "],\"connections\":%u,\"connected_since\":%lld,\"requests\":%llu,\"bytes_in\":%llu,"
-                    "\"bytes_out\":%llu,\"agent\":\"%s\"}",
+                    "\"bytes_out\":%llu,\"agent\":\"%s\",\"local\":true}",
                     e.nowners, (long long)e.connected_since, (unsigned long long)e.requests,
                     (unsigned long long)e.bytes_in, (unsigned long long)e.bytes_out, e.agent_addr);
             first = false;

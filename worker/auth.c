@@ -50,72 +50,6 @@ struct fy_auth_s {
 
 /* --- loading ---------------------------------------------------------------- */
 
-/*
- * Read a whole small file into a new buffer (owned by the caller, with a
- * NUL after the data). what names the config key in errors. When private,
- * refuse a file that group or others can access.
- */
-static char *read_file(const char *what, const char *path, size_t max, bool private, size_t *len, char *err,
-                       size_t errlen)
-{
-    struct stat st;
-    char *buf = NULL;
-    size_t got = 0;
-    ssize_t n;
-    int fd;
-
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)) < 0) {
-        snprintf(err, errlen, "%s %s: %s", what, path, strerror(errno));
-        return NULL;
-    }
-    if (fstat(fd, &st) != 0) {
-        snprintf(err, errlen, "%s %s: %s", what, path, strerror(errno));
-        goto fail;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        snprintf(err, errlen, "%s %s: not a regular file", what, path);
-        goto fail;
-    }
-    if (private && (st.st_mode & 077) != 0) {
-        snprintf(err, errlen, "%s %s: group or others can access it (mode %04o); it must be readable by its "
-                 "owner only: chmod 600 %s", what, path, (unsigned)(st.st_mode & 07777), path);
-        goto fail;
-    }
-    if ((uint64_t)st.st_size > max) {
-        snprintf(err, errlen, "%s %s: larger than %zu bytes", what, path, max);
-        goto fail;
-    }
-    if ((buf = malloc(max + 1)) == NULL) {
-        snprintf(err, errlen, "%s %s: out of memory", what, path);
-        goto fail;
-    }
-    /* The size may change under us: read to EOF, but never past max. */
-    while ((n = read(fd, buf + got, max + 1 - got)) != 0) {
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            snprintf(err, errlen, "%s %s: %s", what, path, strerror(errno));
-            goto fail;
-        }
-        got += (size_t)n;
-        if (got > max) {
-            snprintf(err, errlen, "%s %s: larger than %zu bytes", what, path, max);
-            goto fail;
-        }
-    }
-    close(fd);
-    buf[got] = '\0';
-    *len = got;
-    return buf;
-fail:
-    if (buf != NULL) {
-        sodium_memzero(buf, max + 1);
-        free(buf);
-    }
-    close(fd);
-    return NULL;
-}
-
 int fy_auth_read_key(const char *path, uint8_t *sk, uint8_t pk[FY_TOKEN_PK], char *err, size_t errlen)
 {
     uint8_t seed[FY_TOKEN_SEED];
@@ -124,7 +58,7 @@ int fy_auth_read_key(const char *path, uint8_t *sk, uint8_t pk[FY_TOKEN_PK], cha
     char *buf;
     int rc;
 
-    if ((buf = read_file("auth.key", path, FY_TOKEN_KEY_FILE_MAX, true, &len, err, errlen)) == NULL)
+    if ((buf = fy_conf_read_file("auth.key", path, FY_TOKEN_KEY_FILE_MAX, true, &len, err, errlen)) == NULL)
         return FY_ERR;
     rc = fy_token_key_parse(buf, len, seed, &why);
     sodium_memzero(buf, FY_TOKEN_KEY_FILE_MAX + 1);
@@ -163,7 +97,7 @@ static int load_revoked(fy_auth_t *a, const char *path, char *err, size_t errlen
     size_t len, i = 0, cap = 0, line = 0;
     char *buf;
 
-    if ((buf = read_file("auth.revoked", path, REVOKED_FILE_MAX, false, &len, err, errlen)) == NULL)
+    if ((buf = fy_conf_read_file("auth.revoked", path, REVOKED_FILE_MAX, false, &len, err, errlen)) == NULL)
         return FY_ERR;
     while (i < len) {
         size_t s = i, e, k;

@@ -11,6 +11,7 @@
  * send more than the credit we return as we write to the socket).
  */
 #include "worker/worker.h"
+#include "worker/cluster.h"
 #include "log/log.h"
 
 #include <sodium.h>
@@ -124,6 +125,7 @@ static const char *reason(int status)
 {
     switch (status) {
     case 200: return "OK";
+    case 307: return "Temporary Redirect";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
@@ -212,11 +214,16 @@ void fy_client_error(fy_client_t *c, bool keep, int status, const char *code, co
  * for the next request when this one carried no body and did not ask to
  * close (as nginx does for a 404), else it closes after the answer.
  */
+static bool can_keep(const fy_h1_request_t *req)
+{
+    return !(req->flags & FY_H1_F_CLOSE)
+        && (req->body == FY_H1_BODY_NONE || (req->body == FY_H1_BODY_LENGTH && req->content_length == 0));
+}
+
 static void request_error(fy_client_t *c, const fy_h1_request_t *req, int status, const char *code,
                           const char *msg, const char *tunnel)
 {
-    bool keep = !(req->flags & FY_H1_F_CLOSE)
-        && (req->body == FY_H1_BODY_NONE || (req->body == FY_H1_BODY_LENGTH && req->content_length == 0));
+    bool keep = can_keep(req);
     c->wait_until = 0;   /* the next request waits for its own tunnel afresh */
     c->hops = 0;         /* and may move again: this one was answered */
     c->err_req = req;
@@ -224,6 +231,27 @@ static void request_error(fy_client_t *c, const fy_h1_request_t *req, int status
     fy_client_error(c, keep, status, code, "%s", msg);
     c->err_req = NULL;
     c->err_tunnel = NULL;
+    if (keep && !c->closed) {
+        fy_buf_consume(&c->in, req->head_len);
+        c->head_started = 0;
+    }
+}
+
+/* cluster mode: redirect: 307 to the node that holds the tunnel (kept
+ * alive as request_error does). */
+static void redirect(fy_client_t *c, const fy_h1_request_t *req, const char *id, const char *loc)
+{
+    char extra[1100];
+    bool keep = can_keep(req);
+    fy_access_t a;
+
+    memset(&a, 0, sizeof(a));
+    fy_access_note(&a, fy_ev_now(c->w->ev), req, id, c->hops > 0);
+    fy_access_log(c->w, c, &a, 307, 0, NULL);
+    c->wait_until = 0;
+    c->hops = 0;
+    snprintf(extra, sizeof(extra), "Location: %s\r\n", loc);
+    fy_client_respond(c, 307, "text/plain; charset=utf-8", extra, "", 0, keep);
     if (keep && !c->closed) {
         fy_buf_consume(&c->in, req->head_len);
         c->head_started = 0;
@@ -253,7 +281,7 @@ void fy_client_close(fy_client_t *c)
     if (c->ac != NULL)
         fy_agentconn_end_stream(c, FY_MUX_RST_CANCEL);
     if (c->state == FY_C_REGISTER || c->state == FY_C_TUNNEL_WAIT || c->state == FY_C_HANDOFF
-        || c->state == FY_C_VERIFY)
+        || c->state == FY_C_VERIFY || c->state == FY_C_LOOKUP)
         c->w->nparked--;
     if (c->reg != NULL)
         fy_agentconn_unreserve(c->w);
@@ -811,7 +839,7 @@ static bool step_head(fy_client_t *c)
     char id[FY_ID_MAX + 1];
     enum fy_route_via via;
     fy_tunnel_t *t;
-    const char *aid;
+    const char *aid, *ccode, *cmsg;
     size_t aidl, room, want;
     uint8_t *dst;
     ssize_t hl;
@@ -852,6 +880,10 @@ static bool step_head(fy_client_t *c)
     if (req.flags & FY_H1_F_CONNECT) {
         fy_client_error(c, false, 405, "bad_request", "CONNECT is not supported");
         return false;
+    }
+    if (fy_cluster_inbound(c, &req, &ccode, &cmsg) < 0) {
+        request_error(c, &req, 403, ccode, cmsg, NULL);
+        return !c->closed && c->state == FY_C_HEAD;
     }
     if (agent_path(w, &req, &aid, &aidl) && !fy_route_host_names_tunnel(w, &req)) {
         int target;
@@ -926,6 +958,27 @@ static bool step_head(fy_client_t *c)
         }
         if (ac == NULL && t != NULL && fy_worker_successor(w) < 0)
             ac = fy_agentconn_pick_draining(t);
+        if (ac == NULL && t == NULL && w->cluster != NULL) {
+            char loc[1024];
+            switch (fy_cluster_route(c, &req, id, via, loc, sizeof(loc))) {
+            case FY_CLUSTER_GONE:
+                return false;
+            case FY_CLUSTER_LOOKUP:
+                strcpy(c->tunnel_id, id);
+                c->state = FY_C_LOOKUP;
+                w->nparked++;
+                return false;
+            case FY_CLUSTER_REDIRECT:
+                redirect(c, &req, id, loc);
+                return !c->closed && c->state == FY_C_HEAD;
+            case FY_CLUSTER_DOWN:
+                request_error(c, &req, 503, "cluster_unavailable",
+                              "this tunnel is not on this node and the cluster directory is unreachable; try again", id);
+                return !c->closed && c->state == FY_C_HEAD;
+            default:
+                break;
+            }
+        }
         if (ac == NULL) {
             if (park_for_tunnel(c, id))
                 return false;
@@ -1137,7 +1190,7 @@ static void arm_timer(fy_client_t *c)
     if (c->linger)
         d = c->last_active + LINGER_MS;
     else if (c->state == FY_C_REGISTER || c->state == FY_C_TUNNEL_WAIT || c->state == FY_C_HANDOFF
-             || c->state == FY_C_VERIFY)
+             || c->state == FY_C_VERIFY || c->state == FY_C_LOOKUP)
         d = c->last_active + conf->limits.idle_timeout;   /* the worker's retry timer handles them */
     else if (c->state == FY_C_BODY)
         d = c->last_active + conf->limits.body_timeout;

@@ -225,6 +225,7 @@ ssize_t fy_route_rewrite(const fy_worker_t *w, const fy_client_t *c, const fy_h1
     for (i = 0; i < req->nheaders; i++) {
         const fy_h1_header_t *h = &req->headers[i];
         if (fy_ieq(h->name, h->name_len, "x-tunnel-id") || fy_ieq(h->name, h->name_len, "connection")
+            || fy_ieq(h->name, h->name_len, "x-ferry-forwarded")   /* node to node only (worker/cluster.c) */
             || fy_ieq(h->name, h->name_len, "keep-alive") || fy_ieq(h->name, h->name_len, "proxy-connection")
             || nominated(req, h))
             continue;

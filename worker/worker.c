@@ -3,6 +3,7 @@
  * the master (QUIT: drain; TERM/INT: exit now).
  */
 #include "worker/worker.h"
+#include "worker/cluster.h"
 #include "log/log.h"
 
 #include <sodium.h>
@@ -433,7 +434,8 @@ void fy_worker_wake(fy_worker_t *w, const char *id)
         switch (c->state) {
         case FY_C_TUNNEL_WAIT:
             if ((id != NULL && strcmp(id, c->tunnel_id) == 0) || now >= c->wait_until
-                || (id == NULL && fy_shm_lookup(&w->shm, c->tunnel_id, &(fy_shm_entry_t){0}))) {
+                || (id == NULL && fy_shm_lookup(&w->shm, c->tunnel_id, &(fy_shm_entry_t){0}))
+                || (id == NULL && fy_cluster_recheck(c))) {
                 c->state = FY_C_HEAD;
                 w->nparked--;
                 fy_client_resume(c);
@@ -619,8 +621,13 @@ int fy_worker_main(const fy_worker_setup_t *st)
     atomic_store(&w.rec->pid, (int32_t)getpid());
     atomic_fetch_add(&w.rec->generation, 1);
     atomic_store(&w.rec->state, FY_SHM_W_UP);
+    if (fy_cluster_start(&w) != FY_OK) {
+        fy_log(FY_LOG_ERR, errno, "worker %d: cluster", w.index);
+        return 1;
+    }
     fy_log_info("worker %d started", w.index);
     fy_ev_run(w.ev);
+    fy_cluster_stop(&w);
     fy_tls_pump_close_all();
     fy_ev_run_tasks(w.ev);
     if (w.tls_ctx != NULL)

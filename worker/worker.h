@@ -51,6 +51,7 @@ typedef struct fy_agentconn_s fy_agentconn_t;
 typedef struct fy_client_s fy_client_t;
 typedef struct fy_acl_s fy_acl_t;
 typedef struct fy_listener_s fy_listener_t;
+typedef struct fy_cluster_s fy_cluster_t;
 
 struct fy_listener_s {
     fy_io_t       io;
@@ -106,6 +107,7 @@ enum fy_client_state {
     FY_C_TUNNEL_WAIT, /* the named tunnel is not connected: waiting up to tunnel_wait */
     FY_C_HANDOFF,     /* the owner's mailbox was full: retrying the handoff */
     FY_C_VERIFY,      /* basic auth credentials are being checked off the loop (acl.c) */
+    FY_C_LOOKUP,      /* the tunnel is not on this host: asking the cluster directory (cluster.c) */
 };
 
 /* What an agent upgrade needs once the master has answered. */
@@ -133,6 +135,7 @@ struct fy_client_s {
     uint8_t          verified_key[32];/* ... for these credentials (the cache key) */
     bool             prejudged;       /* the first request was judged by the worker that handed it over */
     bool             judged_ok;       /* the head in `in` passed the access rules here */
+    bool             from_node;       /* the head in `in` came from another cluster node (MAC checked) */
     fy_client_t     *next, *prev;     /* worker's list */
     bool             closed;
     bool             admin;
@@ -227,6 +230,7 @@ struct fy_worker_s {
     uint64_t         drain_deadline;
     fy_io_t          sigio;
     fy_timer_t       drain_timer;
+    fy_cluster_t    *cluster;         /* the directory reader (cluster.c), NULL without cluster: */
 };
 
 /* What the master gives a worker it forks. */

@@ -4,8 +4,14 @@
 #include "conf/conf.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sodium.h>
 
 static int parse_number(const char *s, uint64_t *v, const char **rest)
 {
@@ -100,4 +106,70 @@ int fy_conf_tunnel_id(const char *s, size_t n, char *out)
     }
     out[n] = '\0';
     return FY_OK;
+}
+
+/*
+ * Read a whole small file into a new buffer (owned by the caller, with a
+ * NUL after the data). what names the config key in errors. When private,
+ * refuse a file that group or others can access.
+ */
+char *fy_conf_read_file(const char *what, const char *path, size_t max, bool private, size_t *len, char *err,
+                       size_t errlen)
+{
+    struct stat st;
+    char *buf = NULL;
+    size_t got = 0;
+    ssize_t n;
+    int fd;
+
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)) < 0) {
+        snprintf(err, errlen, "%s %s: %s", what, path, strerror(errno));
+        return NULL;
+    }
+    if (fstat(fd, &st) != 0) {
+        snprintf(err, errlen, "%s %s: %s", what, path, strerror(errno));
+        goto fail;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s %s: not a regular file", what, path);
+        goto fail;
+    }
+    if (private && (st.st_mode & 077) != 0) {
+        snprintf(err, errlen, "%s %s: group or others can access it (mode %04o); it must be readable by its "
+                 "owner only: chmod 600 %s", what, path, (unsigned)(st.st_mode & 07777), path);
+        goto fail;
+    }
+    if ((uint64_t)st.st_size > max) {
+        snprintf(err, errlen, "%s %s: larger than %zu bytes", what, path, max);
+        goto fail;
+    }
+    if ((buf = malloc(max + 1)) == NULL) {
+        snprintf(err, errlen, "%s %s: out of memory", what, path);
+        goto fail;
+    }
+    /* The size may change under us: read to EOF, but never past max. */
+    while ((n = read(fd, buf + got, max + 1 - got)) != 0) {
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            snprintf(err, errlen, "%s %s: %s", what, path, strerror(errno));
+            goto fail;
+        }
+        got += (size_t)n;
+        if (got > max) {
+            snprintf(err, errlen, "%s %s: larger than %zu bytes", what, path, max);
+            goto fail;
+        }
+    }
+    close(fd);
+    buf[got] = '\0';
+    *len = got;
+    return buf;
+fail:
+    if (buf != NULL) {
+        sodium_memzero(buf, max + 1);
+        free(buf);
+    }
+    close(fd);
+    return NULL;
 }

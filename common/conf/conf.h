@@ -25,4 +25,12 @@ int fy_conf_bool(const char *s, bool *v) FY_MUST_USE;
  */
 int fy_conf_tunnel_id(const char *s, size_t n, char *out) FY_MUST_USE;
 
+/* Read a whole small file (at most max bytes) into a new buffer, returned
+ * owned with a NUL after the data, its length in *len. what names the config
+ * key in errors (written to err). When private, refuse a file that group or
+ * others can access. The buffer is wiped on failure paths; callers holding
+ * secrets wipe it too (sodium_memzero) before free. NULL on error. */
+char *fy_conf_read_file(const char *what, const char *path, size_t max, bool private, size_t *len, char *err,
+                        size_t errlen);
+
 #endif

@@ -91,4 +91,13 @@ typedef struct fy_h1_chunked_s {
     const char *err_reason;  /* on FY_ERR */
 } fy_h1_chunked_t;
 
+/* Where a message body ends, as its bytes arrive (RFC 9112 §6.3): one
+ * state for any framing. Start it with fy_h1_framer_start. */
+typedef struct fy_h1_framer_s {
+    enum fy_h1_body kind;
+    uint64_t        left;        /* FY_H1_BODY_LENGTH: bytes still to come */
+    fy_h1_chunked_t chunked;     /* FY_H1_BODY_CHUNKED */
+    bool            done;        /* the body ended (never for FY_H1_BODY_UNTIL_CLOSE) */
+} fy_h1_framer_t;
+
 #endif

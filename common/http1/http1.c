@@ -19,6 +19,7 @@
 #include "http1/http1.h"
 
 #include <limits.h>
+#include <string.h>
 
 /* Bounds of the chunked scanner (the values http1.h documents). */
 #define CHUNK_SIZE_DIGITS 15    /* hex digits in a chunk-size: sizes stay < 2^60 */
@@ -974,4 +975,36 @@ bool fy_h1_has_token(const char *value, size_t len, const char *token)
             return true;
     }
     return false;
+}
+
+void fy_h1_framer_start(fy_h1_framer_t *f, enum fy_h1_body kind, uint64_t content_length)
+{
+    memset(f, 0, sizeof(*f));
+    f->kind = kind;
+    f->left = kind == FY_H1_BODY_LENGTH ? content_length : 0;
+    f->done = kind == FY_H1_BODY_NONE || (kind == FY_H1_BODY_LENGTH && content_length == 0);
+}
+
+ssize_t fy_h1_framer_scan(fy_h1_framer_t *f, const char *buf, size_t len)
+{
+    ssize_t used;
+
+    if (f->done)
+        return 0;
+    switch (f->kind) {
+    case FY_H1_BODY_LENGTH:
+        used = (ssize_t)(len < f->left ? len : f->left);
+        f->left -= (uint64_t)used;
+        f->done = f->left == 0;
+        return used;
+    case FY_H1_BODY_CHUNKED:
+        used = fy_h1_chunked_scan(&f->chunked, buf, len);
+        f->done = used >= 0 && f->chunked.done;
+        return used;
+    case FY_H1_BODY_UNTIL_CLOSE:
+        return (ssize_t)len;
+    default:
+        f->done = true;
+        return 0;
+    }
 }

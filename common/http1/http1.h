@@ -60,6 +60,14 @@ int fy_h1_parse_response(const char *buf, size_t len, fy_h1_response_t *resp,
  */
 ssize_t fy_h1_chunked_scan(fy_h1_chunked_t *st, const char *buf, size_t len) FY_MUST_USE;
 
+/* Begin framing a body of this kind (content_length for FY_H1_BODY_LENGTH).
+ * A body of kind NONE or of length 0 is done at once. */
+void fy_h1_framer_start(fy_h1_framer_t *f, enum fy_h1_body kind, uint64_t content_length);
+/* Of buf[0..len), the bytes that belong to the body (the rest, if any,
+ * follows it); sets f->done when the body ends. FY_ERR on a bad chunked
+ * body (f->chunked.err_reason says why). Borrows buf. */
+ssize_t fy_h1_framer_scan(fy_h1_framer_t *f, const char *buf, size_t len) FY_MUST_USE;
+
 /* Find a header by name (case-insensitive). Returns the first match or NULL. */
 const fy_h1_header_t *fy_h1_find(const fy_h1_header_t *h, size_t n, const char *name);
 

@@ -8,6 +8,7 @@
 #include "worker/route.c"
 
 #include <stdio.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static fy_conf_t *load_text(const char *yaml, char *err, size_t errlen)
@@ -232,6 +233,53 @@ Test(route, rewrite_strips_prefix_and_spoofed_headers, .init = route_setup, .fin
     cr_assert(n >= 4 && memcmp(out + n - 4, "\r\n\r\n", 4) == 0);
     /* A head that does not fit is refused, never cut. */
     cr_assert(fy_route_rewrite(&rw, &c, &req, id, via, (uint8_t *)out, 40) == FY_ERR);
+}
+
+/* cluster: (README "Running several nodes"): parsed, defaulted, checked. */
+Test(config, cluster)
+{
+    char err[512], secret[] = "/tmp/ferry-config-secret-XXXXXX", yaml[1024];
+    const char *words = "0123456789abcdef0123456789abcdef-secret\n";
+    int fd = mkstemp(secret);
+    fy_conf_t *c;
+    uint8_t zero[32] = {0};
+
+    cr_assert(fd >= 0 && write(fd, words, strlen(words)) == (ssize_t)strlen(words));
+    close(fd);
+    snprintf(yaml, sizeof(yaml), "cluster:\n  redis: \"redis://:pw@localhost\"\n  node: n-1\n"
+             "  advertise: \"http://127.0.0.1:8080/\"\n  secret: %s\n", secret);
+    c = load_text(yaml, err, sizeof(err));
+    cr_assert_not_null(c, "%s", err);
+    cr_assert(c->cluster.on && !c->cluster.redirect);
+    cr_assert_str_eq(c->cluster.redis_addr, "127.0.0.1:6379");
+    cr_assert_str_eq(c->cluster.redis_password, "pw");
+    cr_assert_str_eq(c->cluster.advertise, "http://127.0.0.1:8080");
+    cr_assert_str_eq(c->cluster.advertise_addr, "127.0.0.1:8080");
+    cr_assert(c->cluster.ttl == 15000 && c->cluster.timeout == 1000);
+    cr_assert(memcmp(c->cluster.key, zero, 32) != 0);
+    fy_config_free(c);
+
+    snprintf(yaml, sizeof(yaml), "cluster:\n  redis: 10.0.0.2:7000\n  node: n1\n  advertise: http://[::1]:80\n"
+             "  secret: %s\n  mode: redirect\n  ttl: 5s\n  timeout: 250ms\n", secret);
+    c = load_text(yaml, err, sizeof(err));
+    cr_assert_not_null(c, "%s", err);
+    cr_assert(c->cluster.redirect && c->cluster.ttl == 5000 && c->cluster.timeout == 250);
+    cr_assert_str_eq(c->cluster.redis_addr, "10.0.0.2:7000");
+    fy_config_free(c);
+
+    cr_assert_null(load_text("cluster:\n  redis: db.example.com:6379\n", err, sizeof(err)));
+    cr_assert(strstr(err, ":2: cluster.redis: ") != NULL, "%s", err);
+    cr_assert_null(load_text("cluster:\n  node: n1\n", err, sizeof(err)));
+    cr_assert(strstr(err, "cluster.redis is required") != NULL, "%s", err);
+    cr_assert_null(load_text("cluster:\n  advertise: https://127.0.0.1:1\n", err, sizeof(err)));
+    cr_assert(strstr(err, "cluster.advertise") != NULL, "%s", err);
+    cr_assert_null(load_text("cluster:\n  ttl: 1s\n", err, sizeof(err)));
+    cr_assert(strstr(err, "cluster.ttl") != NULL, "%s", err);
+    chmod(secret, 0644);
+    snprintf(yaml, sizeof(yaml), "cluster:\n  secret: %s\n", secret);
+    cr_assert_null(load_text(yaml, err, sizeof(err)));
+    cr_assert(strstr(err, "group or others") != NULL, "%s", err);
+    unlink(secret);
 }
 
 Test(config, tls_keys)

@@ -1083,3 +1083,39 @@ Test(helpers, has_token)
     cr_assert(!fy_h1_has_token("closeXXX", 4, "close"));
     cr_assert(fy_h1_has_token("closeXXX", 5, "close"));
 }
+
+/* fy_h1_framer: one state for every body framing (used by worker/fwd.c). */
+Test(framer, length_none_close_and_chunked)
+{
+    fy_h1_framer_t f;
+    const char *ch = "5\r\nhello\r\n0\r\n\r\nGET";
+    size_t i, got = 0;
+    ssize_t n;
+
+    fy_h1_framer_start(&f, FY_H1_BODY_NONE, 0);
+    cr_assert(f.done);
+    cr_assert_eq(fy_h1_framer_scan(&f, "GET", 3), 0);
+    fy_h1_framer_start(&f, FY_H1_BODY_LENGTH, 0);
+    cr_assert(f.done);
+    fy_h1_framer_start(&f, FY_H1_BODY_LENGTH, 5);
+    cr_assert_eq(fy_h1_framer_scan(&f, "abc", 3), 3);
+    cr_assert(!f.done);
+    cr_assert_eq(fy_h1_framer_scan(&f, "deNEXT", 6), 2);   /* the next message is not the body's */
+    cr_assert(f.done);
+    fy_h1_framer_start(&f, FY_H1_BODY_UNTIL_CLOSE, 0);
+    cr_assert_eq(fy_h1_framer_scan(&f, "abcdef", 6), 6);
+    cr_assert(!f.done);
+    /* chunked, fed one byte at a time: the body ends before "GET" */
+    fy_h1_framer_start(&f, FY_H1_BODY_CHUNKED, 0);
+    for (i = 0; i < strlen(ch) && !f.done; i++) {
+        n = fy_h1_framer_scan(&f, ch + i, 1);
+        cr_assert(n == 0 || n == 1);
+        got += (size_t)n;
+    }
+    cr_assert(f.done);
+    cr_assert_eq(got, strlen(ch) - 3);
+    /* a bad chunk size */
+    fy_h1_framer_start(&f, FY_H1_BODY_CHUNKED, 0);
+    cr_assert_eq(fy_h1_framer_scan(&f, "zz\r\n", 4), FY_ERR);
+    cr_assert(!f.done);
+}
