@@ -456,6 +456,7 @@ def test_pump_path_prefix_bodies(relay_factory, agent_factory, pki, workdir):
     assert after[SENT] > before[SENT], "no plaintext end was handed to an owner"
 
 
+@pytest.mark.valgrind
 def test_pump_keepalive_moves_between_tunnels(relay_factory, agent_factory, pki):
     """One HTTPS keep-alive connection to localhost asking /t/t0/, /t/t1/,
     ... in turn: each request reaches its own tunnel (the plaintext end
@@ -505,6 +506,7 @@ def forwarding_lines(agent):
     return [line for line in agent.lines if line and harness.FORWARDING_RE.search(line)]
 
 
+@pytest.mark.valgrind
 def test_agent_over_wss_with_its_ca(relay_factory, agent_factory, pki, workdir):
     """ferry http --server wss://localhost:PORT --ca ca.pem connects: its
     Forwarding line is https://, and requests reach it over the plain
@@ -796,6 +798,7 @@ def test_client_hello_in_pieces(relay_factory, agent_factory, pki, how):
 # 8. 421, 9. X-Forwarded-Proto
 
 
+@pytest.mark.valgrind
 def test_host_other_than_sni_gets_421(relay_factory, agent_factory, pki):
     """SNI t0.localhost, Host t1.localhost: 421 with X-Ferry-Error:
     misdirected; the same connection then serves a request for t0; a Host
