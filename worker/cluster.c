@@ -8,6 +8,7 @@
  * The directory value is "NODE ADVERTISE" (master/directory.c writes it).
  */
 #include "worker/cluster.h"
+#include "worker/nodehdr.h"
 #include "worker/redis.h"
 #include "log/log.h"
 
@@ -145,35 +146,14 @@ ssize_t fy_cluster_sign(const fy_conf_t *conf, const fy_h1_request_t *req, const
     return n < 0 || (size_t)n >= cap ? FY_ERR : n;
 }
 
-/* Split "NODE TS CLIENT PROTO MAC" (single spaces) into its five fields. */
-static bool split5(const char *v, size_t n, const char *f[5], size_t fl[5])
-{
-    size_t i = 0, k = 0, start = 0;
-
-    for (; i <= n; i++) {
-        if (i == n || v[i] == ' ') {
-            if (k == 5 || i == start)
-                return false;
-            f[k] = v + start;
-            fl[k++] = i - start;
-            start = i + 1;
-        }
-    }
-    return k == 5;
-}
-
 int fy_cluster_inbound(fy_client_t *c, const fy_h1_request_t *req, const char **code, const char **msg)
 {
     const fy_conf_t *conf = c->w->conf;
     const fy_h1_header_t *h;
-    const char *f[5];
-    size_t fl[5], binlen;
-    bool https;
-    uint8_t want[32], got[32];
-    char client[FY_ADDRSTRLEN], tsb[24];
+    fy_node_hdr_t nh;
+    uint8_t want[32];
     struct sockaddr_storage ss;
     socklen_t sl;
-    long long ts;
     int64_t now = (int64_t)time(NULL);
 
     c->from_node = false;
@@ -181,33 +161,24 @@ int fy_cluster_inbound(fy_client_t *c, const fy_h1_request_t *req, const char **
         return 0;   /* not clustered: rewritten away, never trusted */
     *code = "node_mac_invalid";
     *msg = "X-Ferry-Forwarded: not a valid node signature";
-    if (!split5(h->value, h->value_len, f, fl) || fl[1] >= sizeof(tsb) || fl[2] >= sizeof(client)
-        || !(fy_ieq(f[3], fl[3], "http") || fy_ieq(f[3], fl[3], "https"))
-        || fl[4] != 64 || sodium_hex2bin(got, sizeof(got), f[4], 64, NULL, &binlen, NULL) != 0 || binlen != 32)
+    if (fy_node_hdr_parse(h->value, h->value_len, &nh) != FY_OK)
         return -1;
-    https = fl[3] == 5;
-    memcpy(tsb, f[1], fl[1]);
-    tsb[fl[1]] = '\0';
-    memcpy(client, f[2], fl[2]);
-    client[fl[2]] = '\0';
-    if (sscanf(tsb, "%lld", &ts) != 1)
+    mac(conf, req, nh.node, nh.node_len, nh.ts, nh.client, strlen(nh.client), nh.https, want);
+    if (sodium_memcmp(want, nh.mac, sizeof(want)) != 0)
         return -1;
-    mac(conf, req, f[0], fl[0], (int64_t)ts, client, fl[2], https, want);
-    if (sodium_memcmp(want, got, sizeof(want)) != 0)
-        return -1;
-    if (ts < now - FY_CLUSTER_MAC_WINDOW_S || ts > now + FY_CLUSTER_MAC_WINDOW_S) {
+    if (nh.ts < now - FY_CLUSTER_MAC_WINDOW_S || nh.ts > now + FY_CLUSTER_MAC_WINDOW_S) {
         *code = "node_mac_stale";
         *msg = "X-Ferry-Forwarded: the node signature is too old (or the nodes' clocks disagree)";
         return -1;
     }
-    if (fy_net_parse_addr(client, &ss, &sl) != FY_OK)
+    if (fy_net_parse_addr(nh.client, &ss, &sl) != FY_OK)
         return -1;
     /* The node vouches for the client: rules and X-Forwarded-For see it. */
     c->peer = ss;
     fy_net_format_ip((const struct sockaddr *)&ss, c->peer_ip);
     fy_net_format((const struct sockaddr *)&ss, c->peer_addr);
     c->from_node = true;
-    c->tls = https;   /* X-Forwarded-Proto says what the end user used */
+    c->tls = nh.https;   /* X-Forwarded-Proto says what the end user used */
     if (c->hops == 0)
         fy_cluster_count(c->w, FY_CC_FORWARDED_IN, 1);
     return 1;
