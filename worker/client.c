@@ -1257,6 +1257,14 @@ static void on_timer(fy_ev_t *ev, fy_timer_t *t)
             fy_client_close(c);   /* an idle connection: nothing to answer */
         return;
     }
+    if (c->state == FY_C_VERIFY && now >= c->last_active + conf->limits.idle_timeout) {
+        /* The verifier is that far behind: answer rather than drop (its
+         * late verdict finds the request gone: the serial no longer waits). */
+        c->state = FY_C_HEAD;
+        c->w->nparked--;
+        fy_client_error(c, false, 503, "busy", "the credential check did not finish in time; try again");
+        return;
+    }
     if (now >= c->last_active + conf->limits.idle_timeout) {
         fy_client_close(c);
         return;
