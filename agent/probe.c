@@ -152,17 +152,13 @@ static void on_tls_handshake(void *data, const char *err)
  * waits there for the handshake. */
 static int start_tls(fy_probe_t *p)
 {
-    SSL *ssl = fy_tls_client_ssl(p->tls_ctx, p->tls_host);
     int net = p->io.fd, app;
 
     fy_io_del(p->ev, &p->io);
     p->io.fd = -1;
-    if (ssl == NULL) {
-        close(net);
-        return FY_ERR;
-    }
-    if ((p->pump = fy_tls_pump_start(p->ev, ssl, net, &app, UINT64_MAX / 2, UINT64_MAX / 2, on_tls_handshake, p))
-        == NULL)
+    /* The probe's own timeout bounds the handshake. */
+    if ((p->pump = fy_tls_pump_connect(p->ev, p->tls_ctx, p->tls_host, net, &app, UINT64_MAX / 2,
+                                       on_tls_handshake, p)) == NULL)
         return FY_ERR;
     p->io.fd = app;
     return fy_io_set(p->ev, &p->io, EPOLLOUT);

@@ -375,18 +375,11 @@ static void on_tls_handshake(void *data, const char *err)
 static void start_tls(fy_tconn_t *tc)
 {
     fy_agent_t *a = tc->tn->agent;
-    SSL *ssl = fy_tls_client_ssl(a->tls_ctx, a->server_host);
     int net = tc->io.fd, app;
 
     fy_io_del(a->ev, &tc->io);
     tc->io.fd = -1;
-    if (ssl == NULL) {
-        close(net);
-        tconn_close(tc, "could not start TLS", NULL, true);
-        return;
-    }
-    /* The tunnel's own heartbeat judges an idle connection. */
-    tc->pump = fy_tls_pump_start(a->ev, ssl, net, &app, HANDSHAKE_MS, UINT64_MAX / 2, on_tls_handshake, tc);
+    tc->pump = fy_tls_pump_connect(a->ev, a->tls_ctx, a->server_host, net, &app, HANDSHAKE_MS, on_tls_handshake, tc);
     if (tc->pump == NULL) {
         tconn_close(tc, "could not start TLS", NULL, true);
         return;

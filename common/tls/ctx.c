@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* TLS 1.2 suites: forward secret AEADs only (TLS 1.3's are fixed and all
  * AEAD). Mozilla's "intermediate" list, minus what BoringSSL lacks. */
@@ -183,7 +184,7 @@ SSL_CTX *fy_tls_client_ctx(const char *ca, bool insecure, char *err, size_t errl
     return ctx;
 }
 
-SSL *fy_tls_client_ssl(SSL_CTX *ctx, const char *host)
+static SSL *client_ssl(SSL_CTX *ctx, const char *host)
 {
     SSL *ssl = SSL_new(ctx);
     uint8_t ip[16];
@@ -204,4 +205,16 @@ SSL *fy_tls_client_ssl(SSL_CTX *ctx, const char *host)
 fail:
     SSL_free(ssl);
     return NULL;
+}
+
+fy_tls_pump_t *fy_tls_pump_connect(fy_ev_t *ev, SSL_CTX *ctx, const char *host, int net_fd, int *app_fd,
+                                   uint64_t handshake_ms, fy_tls_pump_cb on_handshake, void *data)
+{
+    SSL *ssl = client_ssl(ctx, host);
+
+    if (ssl == NULL) {
+        close(net_fd);
+        return NULL;
+    }
+    return fy_tls_pump_start(ev, ssl, net_fd, app_fd, handshake_ms, UINT64_MAX / 2, on_handshake, data);
 }

@@ -24,7 +24,6 @@
 
 #define LINGER_MS 5000
 
-uint64_t fy_tls_pumps;
 static fy_tls_pump_t *all;    /* every live pump of the process */
 
 struct fy_tls_pump_s {
@@ -68,7 +67,6 @@ static void pump_close(fy_tls_pump_t *p, const char *err)
     p->net.fd = p->app.fd = -1;
     SSL_free(p->ssl);
     p->ssl = NULL;
-    fy_tls_pumps--;
     if (p->prev != NULL)
         p->prev->next = p->next;
     else
@@ -313,7 +311,6 @@ fy_tls_pump_t *fy_tls_pump_start(fy_ev_t *ev, SSL *ssl, int net_fd, int *app_fd,
         p->net.fd = -1;
         goto fail;
     }
-    fy_tls_pumps++;
     p->next = all;
     if (all != NULL)
         all->prev = p;

@@ -33,10 +33,6 @@ SSL_CTX *fy_tls_server_ctx(const char *cert, const char *key, const char *ocsp,
  * is NULL or ""; insecure skips verification. */
 SSL_CTX *fy_tls_client_ctx(const char *ca, bool insecure, char *err, size_t errlen);
 
-/* A client session for host (SNI, and the name the certificate must carry;
- * an IP literal is checked against the certificate's IP addresses). */
-SSL *fy_tls_client_ssl(SSL_CTX *ctx, const char *host);
-
 /* What went wrong in the last failed operation of ssl (may be NULL): the
  * certificate check's verdict if that failed, else BoringSSL's error queue
  * (emptied). */
@@ -58,14 +54,18 @@ typedef void (*fy_tls_pump_cb)(void *data, const char *err);
 fy_tls_pump_t *fy_tls_pump_start(fy_ev_t *ev, SSL *ssl, int net_fd, int *app_fd, uint64_t handshake_ms,
                                  uint64_t idle_ms, fy_tls_pump_cb on_handshake, void *data);
 
+/* The agent's side: a client session to host (its SNI, and the name the
+ * certificate must carry; an IP literal is checked against the
+ * certificate's addresses) pumped on net_fd, as fy_tls_pump_start. Idle
+ * sessions are the caller's to judge (its heartbeat or timeout). */
+fy_tls_pump_t *fy_tls_pump_connect(fy_ev_t *ev, SSL_CTX *ctx, const char *host, int net_fd, int *app_fd,
+                                   uint64_t handshake_ms, fy_tls_pump_cb on_handshake, void *data);
+
 /* The caller goes away before the handshake is done: no callback then. */
 void fy_tls_pump_forget(fy_tls_pump_t *p);
 
 /* At exit: close every session (their frees are queued tasks). */
 void fy_tls_pump_close_all(void);
-
-/* Live pumps in this process. */
-extern uint64_t fy_tls_pumps;
 /* Pumps with bytes still to deliver, or that moved some in the last
  * quiet_ms (a draining worker waits for them: its TLS sessions cannot move,
  * though their plaintext may be served by another generation's worker). */
