@@ -369,6 +369,7 @@ struct fy_astream_s {
     uint64_t        owed;         /* relay bytes whose credit is not yet returned */
     fy_buf_t        raw;          /* rewrite: relay bytes not yet framed */
     fy_buf_t        out;          /* bytes for the service */
+    fy_pipe_t      *pipe;         /* spliced bytes for the service, ahead of out (or NULL) */
     fy_rw_t         rw;
     fy_mux_credit_t credit;
 };
@@ -496,6 +497,9 @@ bool fy_atunnel_any_ready(const fy_atunnel_t *tn);
 /* stream.c */
 void fy_astream_open(fy_tconn_t *tc, uint32_t id);
 void fy_astream_on_data(fy_astream_t *s, const uint8_t *p, size_t n);
+/* Splicing the relay's bytes to the service (tun.h splice_pipe, on_spliced). */
+fy_pipe_t *fy_astream_splice_pipe(fy_astream_t *s, uint8_t flags, size_t *max);
+void fy_astream_on_spliced(fy_astream_t *s, size_t n);
 void fy_astream_on_fin(fy_astream_t *s);
 void fy_astream_on_window(fy_astream_t *s, uint32_t inc);
 void fy_astream_on_credit(fy_astream_t *s);

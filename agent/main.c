@@ -48,6 +48,7 @@ static void usage(FILE *f)
             "       --log stdout|stderr|FILE, --log-format term|logfmt|json, --log-level LEVEL\n"
             "       --web-addr ADDR       local API (default 127.0.0.1:4040; false: none)\n"
             "       --ca FILE, --insecure  TLS to a wss:// relay\n"
+            "       --random-mask         mask frames with random keys, not the zero key (PROTOCOL.md)\n"
             "       --region R            accepted and ignored (ngrok compatibility)\n"
             "flags also take the form --flag=value\n");
 }
@@ -75,7 +76,7 @@ typedef struct {
     unsigned    nconfigs;
     const char *server, *authtoken, *log, *log_format, *log_level, *web_addr, *ca;
     const char *id, *host_header, *basic_auth, *connections;
-    bool        all, none, insecure, tunnel_flags;
+    bool        all, none, insecure, random_mask, tunnel_flags;
 } cli_t;
 
 enum { F_VALUE = 1, F_BOOL = 2, F_TUNNEL = 4 };
@@ -89,7 +90,7 @@ static const struct {
     {"auth", F_VALUE | F_TUNNEL}, {"connections", F_VALUE | F_TUNNEL}, {"inspect", F_BOOL | F_TUNNEL},
     {"server", F_VALUE}, {"authtoken", F_VALUE}, {"config", F_VALUE}, {"log", F_VALUE},
     {"log-format", F_VALUE}, {"log-level", F_VALUE}, {"web-addr", F_VALUE}, {"ca", F_VALUE},
-    {"insecure", F_BOOL}, {"region", F_VALUE}, {"all", F_BOOL}, {"none", F_BOOL},
+    {"insecure", F_BOOL}, {"region", F_VALUE}, {"all", F_BOOL}, {"none", F_BOOL}, {"random-mask", F_BOOL},
 };
 
 static int parse_cli(cli_t *c, int argc, char **argv)
@@ -155,6 +156,8 @@ static int parse_cli(cli_t *c, int argc, char **argv)
                 return fatal("--%s=%s: true or false", flag, val);
             if (!strcmp(flag, "insecure"))
                 c->insecure = b;
+            else if (!strcmp(flag, "random-mask"))
+                c->random_mask = b;
             else if (!strcmp(flag, "all"))
                 c->all = b;
             else if (!strcmp(flag, "none"))
@@ -467,6 +470,7 @@ static int run(cli_t *c)
     fy_alog(FY_AL_INFO, "starting ferry", "obj", "app", "version", FY_VERSION, "server", a.server_url, NULL);
     if (missing[0] != '\0')
         fy_alog(FY_AL_DEBUG, "no config file", "obj", "config", "path", missing, NULL);
+    fy_tun_random_masks(c->random_mask);
     if (c->insecure)
         fy_alog(FY_AL_WARN, "--insecure: the relay's TLS certificate will NOT be verified", "obj", "app", NULL);
     if (web_addr == NULL || strcmp(web_addr, "false") != 0) {
@@ -509,6 +513,7 @@ out:
         /* Closes queue frees that queue more frees: a few rounds. */
         for (i = 0; i < 6; i++)
             fy_ev_run_tasks(a.ev);
+        fy_pipe_pool_free();
         fy_ev_free(a.ev);
     }
     if (a.tls_ctx != NULL)

@@ -13,6 +13,11 @@
  * With a Host rewrite the relay's bytes go through raw and the framing of
  * hostrw.c on their way to out; credit is returned in relay bytes (owed),
  * as the buffers drain, so the window still bounds what we hold.
+ *
+ * A bulk upload may come by splice (tun.h): the relay's DATA payload goes
+ * socket -> pipe -> service, never through our memory. The pipe's bytes go
+ * before out's; their credit returns as they enter it (kernel memory,
+ * bounded by its size, as the socket's own buffer is).
  */
 #include "agent/agent.h"
 
@@ -35,6 +40,11 @@ static void free_task(fy_ev_t *ev, fy_task_t *t);
 static void update(fy_astream_t *s);
 static void flush_out(fy_astream_t *s);
 static void connect_next(fy_astream_t *s, const char *last_err);
+
+static size_t piped(const fy_astream_t *s)
+{
+    return s->pipe != NULL ? s->pipe->len : 0;
+}
 
 void fy_astream_open(fy_tconn_t *tc, uint32_t id)
 {
@@ -233,7 +243,8 @@ void fy_astream_idle(fy_astream_t *s)
     if (s->closed)
         return;
     if (s->connected && s->up >= 0 && !s->fin_rx && !s->fin_tx && !s->shut_wr && !s->blocked
-        && fy_buf_len(&s->out) == 0 && fy_buf_len(&s->raw) == 0 && (!s->rewrite || s->rw.state == FY_RW_HEAD)) {
+        && fy_buf_len(&s->out) == 0 && fy_buf_len(&s->raw) == 0 && piped(s) == 0
+        && (!s->rewrite || s->rw.state == FY_RW_HEAD)) {
         u = &s->tc->tn->ups.u[s->up];
         fy_upstream_keep_idle(u, &s->io);
         s->io.fd = -1;
@@ -244,6 +255,7 @@ void fy_astream_idle(fy_astream_t *s)
 static void free_task(fy_ev_t *ev, fy_task_t *t)
 {
     fy_astream_t *s = t->data;
+    fy_pipe_put(s->pipe);
     fy_buf_free(&s->out);
     fy_buf_free(&s->raw);
     fy_buf_free(&s->replay);
@@ -252,7 +264,7 @@ static void free_task(fy_ev_t *ev, fy_task_t *t)
 
 static void maybe_done(fy_astream_t *s)
 {
-    if (s->fin_rx && s->fin_tx && fy_buf_len(&s->out) == 0)
+    if (s->fin_rx && s->fin_tx && fy_buf_len(&s->out) == 0 && piped(s) == 0)
         fy_astream_close(s, 0, NULL);
 }
 
@@ -296,9 +308,28 @@ static int pump(fy_astream_t *s)
     return FY_OK;
 }
 
+/* Write the pipe's bytes to the service; false while some remain or the
+ * stream closed. */
+static bool flush_pipe(fy_astream_t *s)
+{
+    while (s->pipe->len > 0) {
+        if (fy_pipe_drain(s->pipe, s->io.fd, s->pipe->len, false) < 0) {
+            if (errno != EAGAIN)
+                fy_astream_close(s, FY_MUX_RST_CANCEL, "write to the service failed");
+            return false;
+        }
+        s->sent_any = true;
+    }
+    fy_pipe_put(s->pipe);   /* an idle stream holds none */
+    s->pipe = NULL;
+    return true;
+}
+
 /* Write buffered bytes to the service and return their credit. */
 static void flush_out(fy_astream_t *s)
 {
+    if (s->pipe != NULL && !flush_pipe(s))
+        return;
     for (;;) {
         ssize_t n;
         if (s->rewrite && fy_buf_len(&s->raw) > 0 && fy_buf_len(&s->out) < OUT_MAX && pump(s) != FY_OK)
@@ -321,7 +352,7 @@ static void flush_out(fy_astream_t *s)
     give_credit(s);
     fy_buf_release_if_empty(&s->out);
     fy_buf_release_if_empty(&s->raw);
-    if (s->fin_rx && !s->shut_wr && fy_buf_len(&s->out) == 0) {
+    if (s->fin_rx && !s->shut_wr && fy_buf_len(&s->out) == 0 && piped(s) == 0) {
         shutdown(s->io.fd, SHUT_WR);
         s->shut_wr = true;
     }
@@ -357,7 +388,7 @@ void fy_astream_on_data(fy_astream_t *s, const uint8_t *p, size_t n)
      * requests costs no parsing when the Host is left alone. */
     if (s->tc->tun.data_flags & FY_MUX_F_HEAD)
         saw_requests(s, 1);
-    if (s->connected && fy_buf_len(&s->out) == 0) {
+    if (s->connected && fy_buf_len(&s->out) == 0 && piped(s) == 0) {
         ssize_t w = write(s->io.fd, p, n);
         if (w < 0 && errno != EAGAIN && errno != EINTR) {
             if (!retry_fresh(s))
@@ -376,6 +407,34 @@ void fy_astream_on_data(fy_astream_t *s, const uint8_t *p, size_t n)
     }
     give_credit(s);
     update(s);
+}
+
+/*
+ * The tunnel may splice this stream's bytes into our pipe when they go to
+ * the service as they are: connected, no Host rewrite, no copy kept for a
+ * replay, not the first slice of a frame that starts a request (counted in
+ * on_data), nothing waiting in out. Within the stream credit, so a relay
+ * over its window is caught by on_data.
+ */
+fy_pipe_t *fy_astream_splice_pipe(fy_astream_t *s, uint8_t flags, size_t *max)
+{
+    if (s->closed || !s->connected || s->rewrite || s->fin_rx || (s->reused && !s->replay_lost)
+        || (flags & FY_MUX_F_HEAD) || fy_buf_len(&s->out) > 0 || s->credit.recv <= 0)
+        return NULL;
+    if (s->pipe == NULL && (s->pipe = fy_pipe_get()) == NULL)
+        return NULL;
+    *max = FY_MIN(*max, FY_MIN((size_t)s->credit.recv, fy_pipe_room(s->pipe)));
+    return s->pipe;
+}
+
+void fy_astream_on_spliced(fy_astream_t *s, size_t n)
+{
+    if (fy_mux_credit_received(&s->credit, (uint32_t)n) != FY_OK)
+        fy_assert(!"spliced past the stream window");   /* splice_pipe took no more than the credit */
+    fy_tun_consumed(&s->tc->tun, s->id, &s->credit, n);
+    flush_out(s);
+    if (!s->closed)
+        update(s);
 }
 
 void fy_astream_on_fin(fy_astream_t *s)
@@ -459,7 +518,7 @@ static void update(fy_astream_t *s)
         return;
     if (!s->fin_tx && !s->blocked)
         want |= EPOLLIN;
-    if (fy_buf_len(&s->out) > 0)
+    if (fy_buf_len(&s->out) > 0 || piped(s) > 0)
         want |= EPOLLOUT;
     if (fy_io_set(s->tc->tn->agent->ev, &s->io, want) != FY_OK)
         fy_astream_close(s, FY_MUX_RST_INTERNAL, "epoll failed");

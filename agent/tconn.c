@@ -32,7 +32,9 @@ static void on_data(fy_tun_t *t, uint32_t stream, const uint8_t *p, size_t n);
 static void on_credit(fy_tun_t *t);
 static void on_tun_close(fy_tun_t *t, const char *why);
 
-static const fy_tun_ops_t tconn_ops = {on_frame, on_data, on_credit, on_tun_close};
+static fy_pipe_t *splice_pipe(fy_tun_t *t, uint32_t stream, uint8_t flags, size_t *max);
+static void on_spliced(fy_tun_t *t, uint32_t stream, size_t n);
+static const fy_tun_ops_t tconn_ops = {on_frame, on_data, on_credit, on_tun_close, splice_pipe, on_spliced};
 
 static void random_id(char *out)
 {
@@ -537,6 +539,17 @@ static void on_data(fy_tun_t *t, uint32_t stream, const uint8_t *p, size_t n)
         return;
     }
     fy_astream_on_data(s, p, n);
+}
+
+static fy_pipe_t *splice_pipe(fy_tun_t *t, uint32_t stream, uint8_t flags, size_t *max)
+{
+    fy_astream_t *s = fy_tconn_stream(t->data, stream);
+    return s != NULL ? fy_astream_splice_pipe(s, flags, max) : NULL;
+}
+
+static void on_spliced(fy_tun_t *t, uint32_t stream, size_t n)
+{
+    fy_astream_on_spliced(fy_tconn_stream(t->data, stream), n);
 }
 
 static void on_credit(fy_tun_t *t)

@@ -64,6 +64,15 @@ static int set_str(loader_t *l, const yaml_node_t *n, const char *key, char **ds
     return FY_OK;
 }
 
+static int set_bool(loader_t *l, const yaml_node_t *n, const char *key, bool *dst)
+{
+    const char *s;
+    FY_GUARD(want_scalar(l, n, key, &s));
+    if (fy_conf_bool(s, dst) != FY_OK)
+        return fail(l, n, key, "\"%s\" is not true or false", s);
+    return FY_OK;
+}
+
 static int set_duration(loader_t *l, const yaml_node_t *n, const char *key, uint64_t *dst)
 {
     const char *s;
@@ -586,7 +595,6 @@ static int load_cluster(loader_t *l, fy_conf_t *c, yaml_node_t *v)
 static int top_key(loader_t *l, fy_conf_t *c, const char *k, yaml_node_t *v)
 {
     const char *s;
-    bool b;
 
     if (!strcmp(k, "listen")) {
         while (c->nlisten > 0)
@@ -600,13 +608,10 @@ static int top_key(loader_t *l, fy_conf_t *c, const char *k, yaml_node_t *v)
     }
     if (!strcmp(k, "tls"))
         return walk_map(l, c, v, "tls", tls_key);
-    if (!strcmp(k, "agents_require_tls")) {
-        FY_GUARD(want_scalar(l, v, "agents_require_tls", &s));
-        if (fy_conf_bool(s, &b) != FY_OK)
-            return fail(l, v, "agents_require_tls", "\"%s\" is not true or false", s);
-        c->agents_require_tls = b;
-        return FY_OK;
-    }
+    if (!strcmp(k, "agents_require_tls"))
+        return set_bool(l, v, "agents_require_tls", &c->agents_require_tls);
+    if (!strcmp(k, "splice"))
+        return set_bool(l, v, "splice", &c->splice);
     if (!strcmp(k, "admin")) {
         FY_GUARD(set_str(l, v, "admin", &c->admin));
         return c->admin[0] ? check_addr(l, v, "admin", c->admin) : FY_OK;
@@ -652,13 +657,8 @@ static int top_key(loader_t *l, fy_conf_t *c, const char *k, yaml_node_t *v)
     }
     if (!strcmp(k, "pid"))
         return set_str(l, v, "pid", &c->pid);
-    if (!strcmp(k, "daemon")) {
-        FY_GUARD(want_scalar(l, v, "daemon", &s));
-        if (fy_conf_bool(s, &b) != FY_OK)
-            return fail(l, v, "daemon", "\"%s\" is not true or false", s);
-        c->daemon = b;
-        return FY_OK;
-    }
+    if (!strcmp(k, "daemon"))
+        return set_bool(l, v, "daemon", &c->daemon);
     if (!strcmp(k, "trust_forwarded_from")) {
         c->ntrust = 0;
         return load_list(l, v, "trust_forwarded_from", each_trust, c);
@@ -693,6 +693,7 @@ static fy_conf_t *defaults(void)
     c->route_order[3] = FY_ROUTE_QUERY;
     c->route_order[4] = FY_ROUTE_DEFAULT;
     c->nroute = 5;
+    c->splice = true;
     c->limits.max_tunnels = 65536;
     c->limits.max_header_bytes = 32768;
     c->limits.max_headers = 100;

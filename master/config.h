@@ -84,6 +84,7 @@ typedef struct fy_conf_s {
     int         nlisten_tls;
     char       *tls_cert, *tls_key, *tls_ocsp;   /* tls: PEM chain, PEM key, DER OCSP response (NULL: none) */
     bool        agents_require_tls;
+    bool        splice;          /* bulk bodies by splice(2) (common/pipe); default true */
     char       *admin;           /* "" disables the admin listener */
     char       *domain;
     char       *agent_path;

@@ -276,7 +276,7 @@ static void on_close(fy_tun_t *t, const char *why)
     fy_tun_free(t);
 }
 
-static const fy_tun_ops_t ops = {on_frame, on_data, on_credit, on_close};
+static const fy_tun_ops_t ops = {on_frame, on_data, on_credit, on_close, NULL, NULL};
 
 static void fail_handshake(sw_conn_t *c, const char *why)
 {

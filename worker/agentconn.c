@@ -25,7 +25,9 @@ static void on_credit(fy_tun_t *t);
 static void on_close(fy_tun_t *t, const char *why);
 static void on_watchdog(fy_ev_t *ev, fy_timer_t *tm);
 
-static const fy_tun_ops_t agent_ops = {on_frame, on_data, on_credit, on_close};
+static fy_pipe_t *splice_pipe(fy_tun_t *t, uint32_t stream, uint8_t flags, size_t *max);
+static void on_spliced(fy_tun_t *t, uint32_t stream, size_t n);
+static const fy_tun_ops_t agent_ops = {on_frame, on_data, on_credit, on_close, splice_pipe, on_spliced};
 
 static const char *session_of(const fy_h1_request_t *req, size_t *len)
 {
@@ -132,7 +134,7 @@ void fy_agentconn_request(fy_client_t *c, const fy_h1_request_t *req, const char
         fy_client_error(c, false, 400, "bad_request", "agents send a Ferry-Session header");
         return;
     }
-    if (fy_buf_len(&c->out) > 0 || (p = calloc(1, sizeof(*p))) == NULL) {
+    if (fy_client_out_pending(c) || (p = calloc(1, sizeof(*p))) == NULL) {
         fy_client_error(c, false, 503, "busy", "try again");
         return;
     }
@@ -491,6 +493,17 @@ static void on_data(fy_tun_t *t, uint32_t stream, const uint8_t *p, size_t n)
         return;
     }
     fy_client_on_data(c, p, n);
+}
+
+static fy_pipe_t *splice_pipe(fy_tun_t *t, uint32_t stream, uint8_t flags, size_t *max)
+{
+    fy_client_t *c = stream_find(t->data, stream);
+    return c != NULL ? fy_client_splice_pipe(c, max) : NULL;
+}
+
+static void on_spliced(fy_tun_t *t, uint32_t stream, size_t n)
+{
+    fy_client_on_spliced(stream_find(t->data, stream), n);
 }
 
 static void on_credit(fy_tun_t *t)

@@ -82,6 +82,7 @@ void fy_client_accept(fy_worker_t *w, fy_listener_t *l, int fd, const struct soc
         update(c);
 }
 
+
 void fy_client_adopt(fy_worker_t *w, int fd, const fy_handoff_hdr_t *h, const uint8_t *bytes)
 {
     fy_client_t *c = client_new(w, fd, h->port, false, &h->peer);
@@ -301,6 +302,7 @@ static void free_task(fy_ev_t *ev, fy_task_t *t)
     fy_client_t *c = t->data;
     fy_buf_free(&c->in);
     fy_buf_free(&c->out);
+    fy_pipe_put(c->pipe);
     fy_access_ring_put(c->acc);
     free(c);
 }
@@ -520,14 +522,28 @@ static void scan_response(fy_client_t *c)
     }
 }
 
+/* Account body bytes that went to the end user unframed (they need no
+ * scanning: the body of a known length, or raw bytes). */
+static void body_passed(fy_client_t *c, size_t n)
+{
+    c->resp_bytes += (uint64_t)n;
+    if (c->rstate == FY_R_LENGTH) {
+        c->rbody_left -= n;
+        if (c->rbody_left == 0)
+            resp_done(c);
+    }
+}
+
 /*
- * Body bytes that arrive while nothing waits in `out` go straight to the
- * client's socket from the tunnel's read buffer: bulk transfers are then
- * copied by the kernel only. Returns how many of p[0..n) were written.
+ * Body bytes that need no framing (a body of known length, raw bytes) and
+ * arrive while nothing waits in `out` go straight to the client's socket
+ * from the tunnel's read buffer; what the socket does not take goes to the
+ * pipe (as spliced bytes do), so that later bytes can still be spliced
+ * behind them. Returns how many of p[0..n) were passed on.
  */
 static size_t write_through(fy_client_t *c, const uint8_t *p, size_t n)
 {
-    size_t take;
+    size_t take, done = 0;
     ssize_t w;
 
     if (fy_buf_len(&c->out) > 0 || c->linger)
@@ -543,16 +559,81 @@ static size_t write_through(fy_client_t *c, const uint8_t *p, size_t n)
     default:
         return 0;   /* heads and chunked framing go through scan_response */
     }
-    if (take == 0 || (w = write(c->io.fd, p, take)) <= 0)
+    if (take == 0)
         return 0;
-    c->resp_bytes += (uint64_t)w;
-    if (c->rstate == FY_R_LENGTH) {
-        c->rbody_left -= (size_t)w;
-        if (c->rbody_left == 0)
-            resp_done(c);
+    if ((c->pipe == NULL || c->pipe->len == 0) && (w = write(c->io.fd, p, take)) > 0) {
+        body_passed(c, (size_t)w);
+        fy_tun_consumed(&c->ac->tun, c->sid, &c->credit, (size_t)w);
+        done = (size_t)w;
     }
-    fy_tun_consumed(&c->ac->tun, c->sid, &c->credit, (size_t)w);
-    return (size_t)w;
+    if (done < take && (c->pipe != NULL || (c->pipe = fy_pipe_get()) != NULL)
+        && (w = write(c->pipe->wfd, p + done, FY_MIN(take - done, fy_pipe_room(c->pipe)))) > 0) {
+        c->pipe->len += (size_t)w;
+        body_passed(c, (size_t)w);
+        fy_tun_consumed(&c->ac->tun, c->sid, &c->credit, (size_t)w);
+        done += (size_t)w;
+    }
+    return done;
+}
+
+bool fy_client_out_pending(const fy_client_t *c)
+{
+    return fy_buf_len(&c->out) > 0 || (c->pipe != NULL && c->pipe->len > 0);
+}
+
+/* After bytes of the stream went to the end user or their way there:
+ * what finished, what may go on. */
+static void after_data(fy_client_t *c)
+{
+    if (c->close_after && c->pending == 0)
+        flush_out(c);   /* the response that closes the connection is complete */
+    if (!c->closed && c->state == FY_C_WAIT && c->pending == 0)
+        c->state = FY_C_HEAD;
+    process(c);
+    update(c);
+}
+
+/*
+ * The tunnel may splice body bytes of this stream into our pipe when they
+ * need no framing (a body of known length, or raw bytes) and nothing waits
+ * in out (the pipe's bytes go before out's). The stream credit bounds what
+ * we take, so an agent over its window is caught by fy_client_on_data.
+ */
+fy_pipe_t *fy_client_splice_pipe(fy_client_t *c, size_t *max)
+{
+    uint64_t take;
+
+    if (c->closed || c->linger || fy_buf_len(&c->out) > 0 || c->credit.recv <= 0)
+        return NULL;
+    switch (c->rstate) {
+    case FY_R_LENGTH:
+        take = c->rbody_left;
+        break;
+    case FY_R_CLOSE:
+    case FY_R_TUNNEL:
+        take = UINT64_MAX;
+        break;
+    default:
+        return NULL;
+    }
+    if (c->pipe == NULL && (c->pipe = fy_pipe_get()) == NULL)
+        return NULL;
+    take = FY_MIN(take, (uint64_t)c->credit.recv);
+    *max = (size_t)FY_MIN((uint64_t)*max, FY_MIN(take, (uint64_t)fy_pipe_room(c->pipe)));
+    return c->pipe;
+}
+
+void fy_client_on_spliced(fy_client_t *c, size_t n)
+{
+    if (fy_mux_credit_received(&c->credit, (uint32_t)n) != FY_OK)
+        fy_assert(!"spliced past the stream window");   /* splice_pipe took no more than the credit */
+    c->last_active = fy_ev_now(c->w->ev);
+    fy_worker_count(c->w, c->ac->tunnel, 0, 0, n);
+    body_passed(c, n);
+    fy_tun_consumed(&c->ac->tun, c->sid, &c->credit, n);
+    flush_out(c);
+    if (!c->closed)
+        after_data(c);
 }
 
 void fy_client_on_data(fy_client_t *c, const uint8_t *p, size_t n)
@@ -572,12 +653,7 @@ void fy_client_on_data(fy_client_t *c, const uint8_t *p, size_t n)
     p += direct;
     n -= direct;
     if (n == 0) {
-        if (c->close_after && c->pending == 0)
-            flush_out(c);   /* the response that closes the connection is complete */
-        if (!c->closed && c->state == FY_C_WAIT && c->pending == 0)
-            c->state = FY_C_HEAD;
-        process(c);
-        update(c);
+        after_data(c);
         return;
     }
     if (fy_buf_append(&c->out, p, n, CLIENT_OUT_MAX) != FY_OK) {
@@ -680,8 +756,29 @@ void fy_client_on_credit(fy_client_t *c)
 
 /* --- writing to the client ------------------------------------------------- */
 
+/* Write the pipe's bytes (they go before out's); false while some remain
+ * or the connection closed. Their credit went back when they entered the
+ * pipe: kernel memory, bounded by its size, like the socket's own buffer. */
+static bool flush_pipe(fy_client_t *c)
+{
+    while (c->pipe->len > 0) {
+        ssize_t n = fy_pipe_drain(c->pipe, c->io.fd, c->pipe->len, false);
+        if (n < 0) {
+            if (errno != EAGAIN)
+                fy_client_close(c);
+            return false;
+        }
+        c->last_active = fy_ev_now(c->w->ev);
+    }
+    fy_pipe_put(c->pipe);   /* an idle connection holds none */
+    c->pipe = NULL;
+    return true;
+}
+
 static void flush_out(fy_client_t *c)
 {
+    if (c->pipe != NULL && !flush_pipe(c))
+        return;
     while (!c->closed) {
         size_t len = fy_buf_len(&c->out) - c->out_unscanned, credit;
         ssize_t n;
@@ -899,7 +996,7 @@ static bool step_head(fy_client_t *c)
          * refusing it: the agent moving after GOAWAY lands at once. */
         /* Over TLS it stays: its pump is here, and moving the plaintext
          * would add a hop to every frame of the tunnel. */
-        if ((req.flags & FY_H1_F_UPGRADE) && !c->tls
+        if ((req.flags & FY_H1_F_UPGRADE) && !c->tls && !fy_client_out_pending(c)
             && (target = w->draining ? fy_worker_successor(w) : least_loaded(c)) >= 0) {
             fy_worker_handoff(w, c, target);
             return false;
@@ -951,6 +1048,10 @@ static bool step_head(fy_client_t *c)
             ac = fy_agentconn_pick(t);
         if (ac == NULL) {
             int target = owner_elsewhere(c, id);
+            if (target >= 0 && fy_client_out_pending(c)) {
+                c->state = FY_C_WAIT;   /* the socket moves once what is owed on it is written */
+                return false;
+            }
             if (target >= 0) {
                 fy_worker_handoff(w, c, target);
                 return false;
@@ -1145,11 +1246,11 @@ static void process(fy_client_t *c)
                 c->fin_tx = true;
                 (void)fy_tun_send(&c->ac->tun, FY_MUX_FIN, c->sid, NULL, 0);
             }
-            if (c->fin_rx && fy_buf_len(&c->out) == 0)
+            if (c->fin_rx && !fy_client_out_pending(c))
                 fy_client_close(c);
         } else if (c->state == FY_C_BODY) {
             fy_client_close(c);     /* the client gave up mid-body */
-        } else if (c->pending == 0 && fy_buf_len(&c->out) == 0) {
+        } else if (c->pending == 0 && !fy_client_out_pending(c)) {
             fy_client_close(c);
         } else {
             c->state = FY_C_DONE;
@@ -1211,7 +1312,7 @@ static void update(fy_client_t *c)
     if (c->closed)
         return;
     want = (want_read(c) ? EPOLLIN : 0)
-         | (fy_buf_len(&c->out) > c->out_unscanned ? EPOLLOUT : 0);
+         | (fy_buf_len(&c->out) > c->out_unscanned || (c->pipe != NULL && c->pipe->len > 0) ? EPOLLOUT : 0);
     if (fy_io_set(c->w->ev, &c->io, want) != FY_OK) {
         fy_client_close(c);
         return;
@@ -1354,8 +1455,15 @@ static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
 
     if (c->closed)
         return;
-    if (events & EPOLLOUT)
+    if (events & EPOLLOUT) {
         flush_out(c);
+        /* A request that waited for the bytes owed to go out (its tunnel
+         * lives on another worker) may move now. */
+        if (!c->closed && c->state == FY_C_WAIT && c->pending == 0 && !fy_client_out_pending(c)) {
+            c->state = FY_C_HEAD;
+            process(c);
+        }
+    }
     if (!c->closed && (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && want_read(c)) {
         read_in(c);
         if (!c->closed)

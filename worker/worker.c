@@ -149,7 +149,7 @@ static void hand_over_idle(fy_worker_t *w)
         /* A TLS session stays with its pump here: it closes at exit, as
          * nginx closes idle keep-alive connections. */
         if (c->closed || c->admin || c->tls || c->linger || c->state != FY_C_HEAD || c->pending > 0
-            || fy_buf_len(&c->out) > 0)
+            || fy_client_out_pending(c))
             continue;
         if (c->ac != NULL)
             fy_agentconn_end_stream(c, FY_MUX_RST_DONE);
@@ -169,7 +169,7 @@ static void on_drain_timer(fy_ev_t *ev, fy_timer_t *t)
     for (c = w->clients; c != NULL; c = c->next)
         if (!c->admin && (c->pending > 0 || c->state == FY_C_BODY || c->state == FY_C_TUNNEL
                           || c->state == FY_C_REGISTER || c->state == FY_C_TUNNEL_WAIT || c->state == FY_C_HANDOFF
-                          || c->state == FY_C_VERIFY || (!c->linger && fy_buf_len(&c->out) > 0)))
+                          || c->state == FY_C_VERIFY || (!c->linger && fy_client_out_pending(c))))
             busy = true;   /* including a response still on its way to a slow reader */
     if (!busy || fy_ev_now(ev) >= w->drain_deadline) {
         fy_log_info("worker %d drained, exiting", w->index);
@@ -287,6 +287,7 @@ static void reload(fy_worker_t *w, const fy_ctl_msg_t *m, int *fds, int nfds)
         fy_auth_free(w->conf->auth);
     fy_config_free(w->conf);
     w->conf = nc;
+    fy_pipe_enable(nc->splice);
     if (fy_log_open(nc->log_file, nc->log_json) != FY_OK)
         fy_log(FY_LOG_ERR, errno, "worker %d: log.file %s", w->index, nc->log_file);
     fy_log_info("worker %d: configuration reloaded", w->index);
@@ -512,6 +513,7 @@ static void worker_free(fy_worker_t *w)
         fy_tun_close(&ac->tun, "the worker is exiting");
     while (fy_ev_tasks_pending(w->ev))
         fy_ev_run_tasks(w->ev);   /* the agents' closes and every deferred free */
+    fy_pipe_pool_free();
     fy_access_flush(w);
     for (b = 0; w->tunnels != NULL && b < w->ntbuckets; b++)
         while (w->tunnels[b] != NULL)
@@ -583,6 +585,7 @@ int fy_worker_main(const fy_worker_setup_t *st)
     fy_access_init(&w);
     randombytes_buf(w.digest_key, sizeof(w.digest_key));
     memcpy(w.ticket_keys, st->ticket_keys, sizeof(w.ticket_keys));
+    fy_pipe_enable(w.conf->splice);
     if (fy_tls_load(&w, w.conf) != FY_OK)
         fy_log_err("worker %d: HTTPS connections will be closed until a reload loads a certificate", w.index);
     w.retry_timer.cb = on_retry;

@@ -155,6 +155,7 @@ struct fy_client_s {
     fy_buf_t         out;             /* to the end user */
     size_t           out_unscanned;   /* tail of out not yet framed (response parser) */
     size_t           out_credit;      /* bytes of out that came from the stream (owed credit) */
+    fy_pipe_t       *pipe;            /* spliced body bytes to the end user, ahead of out (or NULL) */
     /* request side */
     uint64_t         body_left;
     bool             body_chunked;
@@ -325,6 +326,11 @@ void fy_client_resume(fy_client_t *c);
 void fy_client_handoff_failed(fy_client_t *c);
 /* Stream events from the agent side. */
 void fy_client_on_data(fy_client_t *c, const uint8_t *p, size_t n);
+/* Splicing a response body (tun.h splice_pipe, on_spliced). */
+fy_pipe_t *fy_client_splice_pipe(fy_client_t *c, size_t *max);
+void fy_client_on_spliced(fy_client_t *c, size_t n);
+/* Bytes still to be written to the end user (pipe or out). */
+bool fy_client_out_pending(const fy_client_t *c);
 void fy_client_on_fin(fy_client_t *c);
 void fy_client_on_rst(fy_client_t *c, uint32_t code, const char *msg, size_t len);
 void fy_client_on_credit(fy_client_t *c);

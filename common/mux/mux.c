@@ -226,6 +226,22 @@ ssize_t fy_mux_read(fy_mux_reader_t *r, const uint8_t *buf, size_t len, fy_mux_e
     return (ssize_t)pos;
 }
 
+uint32_t fy_mux_reader_data_left(const fy_mux_reader_t *r, fy_mux_hdr_t *hdr)
+{
+    if (r->state != ST_DATA)
+        return 0;
+    *hdr = r->hdr;
+    return r->left;
+}
+
+void fy_mux_reader_skip(fy_mux_reader_t *r, uint32_t n)
+{
+    fy_assert(r->state == ST_DATA && n <= r->left);
+    r->left -= n;
+    if (r->left == 0)
+        r->state = ST_HEADER;
+}
+
 bool fy_mux_reader_at_boundary(const fy_mux_reader_t *r)
 {
     return r->state == ST_HEADER && r->hgot == 0;

@@ -98,6 +98,14 @@ void fy_mux_reader_free(fy_mux_reader_t *r);
  */
 ssize_t fy_mux_read(fy_mux_reader_t *r, const uint8_t *buf, size_t len, fy_mux_event_t *ev) FY_MUST_USE;
 
+/*
+ * Inside a DATA payload: how many of its bytes are still to come (*hdr
+ * gets the frame's header), else 0. fy_mux_reader_skip takes n (<= that)
+ * of them as read, for bytes the caller moved itself (splice).
+ */
+uint32_t fy_mux_reader_data_left(const fy_mux_reader_t *r, fy_mux_hdr_t *hdr);
+void fy_mux_reader_skip(fy_mux_reader_t *r, uint32_t n);
+
 /* True when the reader sits between frames (a WebSocket message may end). */
 bool fy_mux_reader_at_boundary(const fy_mux_reader_t *r);
 

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -16,6 +17,9 @@
 #define TUN_FREE_CHUNKS 64     /* chunks kept for reuse per process */
 #define TUN_MAX_MESSAGE (16u * 1024 * 1024)
 #define TUN_IOV 64
+/* Fewer payload bytes than this left in the socket are read, not spliced;
+ * a DATA frame smaller than it read whole ends the small bites. */
+#define TUN_SPLICE_MIN 4096
 
 struct fy_tun_chunk_s {
     fy_tun_chunk_t *next;
@@ -24,6 +28,14 @@ struct fy_tun_chunk_s {
     bool            sealed;
     uint8_t         data[FY_WS_MAX_HEADER + FY_TUN_CHUNK];
 };
+
+/* Client side: random masking keys, or the all-zero key (tun.h). */
+static bool random_masks;
+
+void fy_tun_random_masks(bool on)
+{
+    random_masks = on;
+}
 
 /* A small process-wide free list: tunnel chunks are recycled, not freed. */
 static fy_tun_chunk_t *free_chunks;
@@ -127,17 +139,23 @@ void fy_tun_free(fy_tun_t *t)
 
 /* --- output ------------------------------------------------------------ */
 
-/* Seal the open chunk: write its WebSocket header just before the payload
- * and, on the client side, mask the payload (RFC 6455 §5.3). */
+/*
+ * Seal the open chunk: write its WebSocket header just before the payload
+ * and, on the client side, mask the payload (RFC 6455 §5.3). The all-zero
+ * key leaves the payload as it is: no pass over it here, and the relay can
+ * splice it (PROTOCOL.md §2 says why that is safe for an agent).
+ */
 static void seal(fy_tun_t *t, fy_tun_chunk_t *c)
 {
-    uint8_t hdr[FY_WS_MAX_HEADER], mask[4];
+    uint8_t hdr[FY_WS_MAX_HEADER], mask[4] = {0, 0, 0, 0};
     size_t hl;
 
     if (t->client) {
-        fy_ws_new_mask(mask);
+        if (random_masks)
+            fy_ws_new_mask(mask);
         hl = fy_ws_write_header(hdr, true, FY_WS_BINARY, c->len, mask);
-        fy_ws_mask(c->data + FY_WS_MAX_HEADER, c->len, mask, 0);
+        if (random_masks)
+            fy_ws_mask(c->data + FY_WS_MAX_HEADER, c->len, mask, 0);
     } else {
         hl = fy_ws_write_header(hdr, true, FY_WS_BINARY, c->len, NULL);
     }
@@ -333,6 +351,12 @@ static void flush_task(fy_ev_t *ev, fy_task_t *task)
 static void handle_mux(fy_tun_t *t, const fy_mux_event_t *e)
 {
     if (e->type == FY_MUX_EV_DATA) {
+        /* Splicing follows the sender: a big DATA frame it spliced (its
+         * payload not masked) starts it, a small frame read whole ends it. */
+        if (!t->in_data)
+            t->splicing = e->hdr.length >= TUN_SPLICE_MIN && fy_ws_reader_raw_left(&t->wsr) > 0;
+        else if (e->end && e->hdr.length < TUN_SPLICE_MIN)
+            t->splicing = false;
         t->data_flags = t->in_data ? 0 : e->hdr.flags;
         t->in_data = !e->end;
         if (e->len == 0)
@@ -413,7 +437,9 @@ static void handle_ws_control(fy_tun_t *t, const fy_ws_event_t *e)
 
 static void process_input(fy_tun_t *t)
 {
-    while (!t->closed && fy_buf_len(&t->in) > 0) {
+    /* Also with nothing buffered: a message whose payload was spliced
+     * still reports its end. */
+    while (!t->closed) {
         fy_ws_event_t e;
         ssize_t used = fy_ws_read(&t->wsr, fy_buf_data(&t->in), fy_buf_len(&t->in), &e);
         if (used < 0) {
@@ -447,6 +473,83 @@ static void process_input(fy_tun_t *t)
     }
 }
 
+/*
+ * The read buffer is empty inside a DATA payload: move what of it the
+ * stream's owner takes straight into its pipe. Returns the bytes moved,
+ * 0 when it takes none (read as usual), -1 when the socket has nothing now
+ * or the tunnel closed.
+ */
+static ssize_t splice_in(fy_tun_t *t)
+{
+    fy_mux_hdr_t hdr;
+    uint64_t left = fy_ws_reader_raw_left(&t->wsr);
+    size_t max, had;
+    fy_pipe_t *p;
+    ssize_t n;
+
+    if (left < TUN_SPLICE_MIN || t->ops->splice_pipe == NULL
+        || (left = FY_MIN(left, fy_mux_reader_data_left(&t->muxr, &hdr))) < TUN_SPLICE_MIN)
+        return 0;
+    max = (size_t)left;
+    if ((p = t->ops->splice_pipe(t, hdr.stream, t->in_data ? 0 : hdr.flags, &max)) == NULL || max == 0) {
+        t->splicing = false;
+        return 0;
+    }
+    had = p->len;
+    n = fy_pipe_fill(p, t->io.fd, max);
+    if (n < 0 && errno == EAGAIN && had > 0) {
+        /* A pipe that holds bytes may be out of slots rather than the
+         * socket out of bytes: read instead, the read tells. */
+        t->splicing = false;
+        return 0;
+    }
+    if (n <= 0) {
+        if (n == 0)
+            fy_tun_close(t, "connection closed by peer");
+        else if (errno != EAGAIN)
+            fy_tun_close(t, "read failed");
+        return -1;
+    }
+    if (fy_mux_credit_received(&t->credit, (uint32_t)n) != FY_OK) {
+        fy_tun_close(t, "peer exceeded the connection window");
+        return -1;
+    }
+    fy_ws_reader_skip(&t->wsr, (uint64_t)n);
+    fy_mux_reader_skip(&t->muxr, (uint32_t)n);
+    t->in_data = (uint64_t)n < left;
+    t->splicing = true;
+    t->last_rx = fy_ev_now(t->ev);
+    t->ops->on_spliced(t, hdr.stream, (size_t)n);
+    process_input(t);
+    return n;
+}
+
+/*
+ * While payloads are spliced in: at the start of a message, peek at its
+ * headers; when it opens with a DATA frame that can be spliced, read only
+ * the headers, so the whole payload can follow by splice. Returns how much
+ * to read.
+ */
+static size_t header_bite(fy_tun_t *t)
+{
+    uint8_t p[FY_WS_MAX_HEADER + FY_MUX_HDR];
+    uint64_t plen;
+    bool zero_key;
+    size_t hl;
+    ssize_t n;
+
+    if (!fy_ws_reader_at_header(&t->wsr) || !fy_mux_reader_at_boundary(&t->muxr))
+        return TUN_READ_SIZE;
+    n = recv(t->io.fd, p, sizeof(p), MSG_PEEK);
+    if (n < 0 && errno == EAGAIN)
+        return TUN_READ_SIZE;   /* nothing yet: the read will say so */
+    if (n > 0 && (hl = fy_ws_peek_header(p, (size_t)n, &plen, &zero_key)) > 0 && zero_key
+        && (size_t)n >= hl + FY_MUX_HDR && p[hl] == FY_MUX_DATA && plen >= FY_MUX_HDR + TUN_SPLICE_MIN)
+        return hl + FY_MUX_HDR;
+    t->splicing = false;
+    return TUN_READ_SIZE;   /* a read says what the peek could not (EOF, error) */
+}
+
 static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
 {
     fy_tun_t *t = io->data;
@@ -460,12 +563,22 @@ static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
         return;
     process_input(t);
     for (reads = 0; reads < TUN_READS_PER_WAKEUP && !t->closed; reads++) {
+        size_t want = TUN_READ_SIZE;
         ssize_t n;
-        if (fy_buf_reserve(&t->in, TUN_READ_SIZE, TUN_IN_MAX) != FY_OK) {
+        if (fy_buf_len(&t->in) == 0) {
+            if ((n = splice_in(t)) != 0) {
+                if (n < 0)
+                    break;
+                continue;
+            }
+            if (t->splicing && (want = header_bite(t)) < TUN_READ_SIZE)
+                reads--;   /* a few header bytes: not a read that counts */
+        }
+        if (fy_buf_reserve(&t->in, want, TUN_IN_MAX) != FY_OK) {
             fy_tun_close(t, "out of memory");
             return;
         }
-        n = read(io->fd, fy_buf_end(&t->in), fy_buf_room(&t->in));
+        n = read(io->fd, fy_buf_end(&t->in), FY_MIN(want, fy_buf_room(&t->in)));
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -481,7 +594,7 @@ static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
         t->in.wpos += (size_t)n;
         t->last_rx = fy_ev_now(ev);
         process_input(t);
-        if ((size_t)n < TUN_READ_SIZE)
+        if ((size_t)n < want)
             break;
     }
     if (!t->closed)

@@ -11,6 +11,15 @@
  *
  * Memory is bounded: queued DATA never exceeds the credit the peer granted,
  * and the read buffer holds at most one socket read plus a partial frame.
+ *
+ * A bulk DATA payload may bypass the receiver's memory (splice, pipe.h):
+ * a receiver that finds its read buffer empty in the middle of a DATA
+ * payload asks the stream's owner for a pipe (splice_pipe), moves the
+ * payload there, then tells it (on_spliced). That needs a payload that is
+ * not masked: the relay's, or the agent's, masked with the all-zero key
+ * unless told otherwise (fy_tun_random_masks; docs/PROTOCOL.md §2).
+ * Splicing only receives: a message spliced out of a pipe on loopback cost
+ * the sender more CPU than a copy and the receiver more to read (measured).
  */
 #ifndef FY_TUN_H
 #define FY_TUN_H
@@ -19,6 +28,7 @@
 #include "buf/buf.h"
 #include "ev/ev.h"
 #include "mux/mux.h"
+#include "pipe/pipe.h"
 #include "ws/ws.h"
 
 /* Payload bytes of one output chunk (one WebSocket message). */
@@ -41,6 +51,14 @@ typedef struct fy_tun_ops_s {
     /* The connection is gone (peer closed, error, protocol violation). Called
      * once, from the loop; the owner then calls fy_tun_free. */
     void (*on_close)(fy_tun_t *t, const char *why);
+    /* Optional (NULL: never). The read buffer is empty inside a DATA
+     * payload of stream: the pipe to move up to *max of its bytes into
+     * (the owner lowers *max to what it takes), or NULL to read them as
+     * usual. flags: the frame's on its first slice, else 0. */
+    fy_pipe_t *(*splice_pipe)(fy_tun_t *t, uint32_t stream, uint8_t flags, size_t *max);
+    /* n DATA bytes of stream were moved into that pipe (connection credit
+     * charged, as for on_data). */
+    void (*on_spliced)(fy_tun_t *t, uint32_t stream, size_t n);
 } fy_tun_ops_t;
 
 struct fy_tun_s {
@@ -64,6 +82,7 @@ struct fy_tun_s {
     uint64_t            last_rx;     /* ms: when the peer last sent anything */
     uint8_t             data_flags;  /* during on_data: the frame's flags on its first slice, else 0 */
     bool                in_data;     /* a DATA frame's slices are being delivered */
+    bool                splicing;    /* the last DATA payload was spliced in: read headers in small bites */
 };
 
 /*
@@ -95,6 +114,12 @@ uint8_t *fy_tun_data_reserve(fy_tun_t *t, size_t want, size_t *room);
 void fy_tun_data_commit(fy_tun_t *t, uint32_t stream, fy_mux_credit_t *sc, size_t n);
 /* The same with DATA flags (FY_MUX_F_*). */
 void fy_tun_data_commit_flags(fy_tun_t *t, uint32_t stream, fy_mux_credit_t *sc, size_t n, uint8_t flags);
+
+/*
+ * Client side: mask with fresh random keys (RFC 6455 §5.3) instead of the
+ * all-zero key (process-wide; `ferry --random-mask`).
+ */
+void fy_tun_random_masks(bool on);
 
 /* Copy DATA out of p (n <= fy_tun_data_room). */
 int fy_tun_send_data(fy_tun_t *t, uint32_t stream, fy_mux_credit_t *sc, const void *p, size_t n);

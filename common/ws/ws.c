@@ -161,7 +161,8 @@ static ssize_t parse_header(fy_ws_reader_t *r, const uint8_t *buf, size_t len)
 
     r->frame_fin = fin;
     r->frame_opcode = opcode;
-    r->frame_masked = masked;
+    /* The all-zero key masks nothing: no pass over the payload. */
+    r->frame_masked = masked && (r->mask[0] | r->mask[1] | r->mask[2] | r->mask[3]) != 0;
     r->frame_left = plen;
     r->mask_pos = 0;
     return (ssize_t)hlen;
@@ -187,6 +188,47 @@ static size_t take_payload(fy_ws_reader_t *r, uint8_t *buf, size_t len, fy_ws_ev
     else
         r->state = ST_PAYLOAD;
     return n;
+}
+
+uint64_t fy_ws_reader_raw_left(const fy_ws_reader_t *r)
+{
+    return r->state == ST_PAYLOAD && !r->frame_masked ? r->frame_left : 0;
+}
+
+void fy_ws_reader_skip(fy_ws_reader_t *r, uint64_t n)
+{
+    fy_assert(r->state == ST_PAYLOAD && n <= r->frame_left);
+    r->mask_pos += n;
+    r->frame_left -= n;
+    r->message_len += n;
+    if (r->frame_left == 0)
+        r->state = r->frame_fin ? ST_MESSAGE_END : ST_HEADER;
+}
+
+bool fy_ws_reader_at_header(const fy_ws_reader_t *r)
+{
+    return r->state == ST_HEADER;
+}
+
+size_t fy_ws_peek_header(const uint8_t *p, size_t n, uint64_t *plen, bool *zero_key)
+{
+    static const uint8_t zero[4];
+    uint64_t len;
+    size_t ext, hl, i;
+
+    if (n < 2)
+        return 0;
+    len = p[1] & 0x7f;
+    ext = len == 126 ? 2 : len == 127 ? 8 : 0;
+    hl = 2 + ext + ((p[1] & 0x80) ? 4 : 0);
+    if (n < hl)
+        return 0;
+    if (ext > 0)
+        for (len = 0, i = 0; i < ext; i++)
+            len = len << 8 | p[2 + i];
+    *plen = len;
+    *zero_key = !(p[1] & 0x80) || memcmp(p + hl - 4, zero, 4) == 0;
+    return hl;
 }
 
 static void end_message(fy_ws_reader_t *r, fy_ws_event_t *ev)

@@ -46,7 +46,7 @@ typedef struct fy_ws_reader_s {
     bool     frame_fin;
     int      frame_opcode;
     uint8_t  mask[4];
-    bool     frame_masked;
+    bool     frame_masked;     /* the payload needs unmasking (a key that is not all zeros) */
     uint64_t frame_left;       /* payload bytes of the current frame not yet read */
     uint64_t mask_pos;         /* payload bytes already unmasked in this frame */
     uint64_t max_message;      /* largest data message accepted (sum of fragments) */
@@ -74,6 +74,26 @@ void fy_ws_reader_init(fy_ws_reader_t *r, bool expect_masked, uint64_t max_messa
  * not validated here.
  */
 ssize_t fy_ws_read(fy_ws_reader_t *r, uint8_t *buf, size_t len, fy_ws_event_t *ev) FY_MUST_USE;
+
+/*
+ * Payload bytes of the current data frame a caller may take from the
+ * socket itself (splice) instead of through fy_ws_read: frame_left inside
+ * a data frame's payload that is unmasked or masked with the all-zero key,
+ * else 0. fy_ws_reader_skip accounts n (<= that) of them as read; the
+ * frame's end is then reported by the next fy_ws_read.
+ */
+uint64_t fy_ws_reader_raw_left(const fy_ws_reader_t *r);
+void fy_ws_reader_skip(fy_ws_reader_t *r, uint64_t n);
+/* The reader expects a frame header next. */
+bool fy_ws_reader_at_header(const fy_ws_reader_t *r);
+
+/*
+ * A look at the frame header at p[0..n) without reading it (the caller
+ * peeked): its length, or 0 if n does not hold all of it. *plen gets the
+ * payload length, *zero_key whether the payload is unmasked or masked with
+ * the all-zero key. Validation is fy_ws_read's, when the bytes are read.
+ */
+size_t fy_ws_peek_header(const uint8_t *p, size_t n, uint64_t *plen, bool *zero_key);
 
 /*
  * Write a frame header for a payload of len bytes into out (>= 14 bytes).

@@ -674,3 +674,32 @@ Test(mux, credit_granted_and_sent)
     cr_assert_eq(fy_mux_credit_granted(&c, FY_MUX_MAX_WINDOW - 9), FY_ERR);
     cr_assert_eq(fy_mux_credit_granted(&c, FY_MUX_MAX_WINDOW - 10), FY_OK);
 }
+
+/* Bytes of a DATA payload the caller moved itself (splice): the reader
+ * says how many are left, takes them as read, and goes on with the next
+ * frame. Outside a DATA payload there is nothing to skip. */
+Test(mux, data_left_and_skip)
+{
+    uint8_t in[64];
+    fy_mux_reader_t r;
+    fy_mux_event_t ev;
+    fy_mux_hdr_t hdr;
+    size_t n = put_frame(in, FY_MUX_DATA, 9, "0123456789", 10);
+
+    n += put_frame(in + n, FY_MUX_FIN, 9, NULL, 0);
+    fy_mux_reader_init(&r);
+    cr_assert_eq(fy_mux_reader_data_left(&r, &hdr), 0);
+    cr_assert_eq(fy_mux_read(&r, in, FY_MUX_HDR + 3, &ev), FY_MUX_HDR + 3);
+    cr_assert(ev.type == FY_MUX_EV_DATA && ev.len == 3 && !ev.end);
+    cr_assert_eq(fy_mux_reader_data_left(&r, &hdr), 7);
+    cr_assert(hdr.stream == 9 && hdr.type == FY_MUX_DATA && hdr.length == 10);
+    fy_mux_reader_skip(&r, 4);
+    cr_assert_eq(fy_mux_reader_data_left(&r, &hdr), 3);
+    cr_assert_not(fy_mux_reader_at_boundary(&r));
+    fy_mux_reader_skip(&r, 3);
+    cr_assert_eq(fy_mux_reader_data_left(&r, &hdr), 0);
+    cr_assert(fy_mux_reader_at_boundary(&r));
+    cr_assert_eq(fy_mux_read(&r, in + FY_MUX_HDR + 10, n - FY_MUX_HDR - 10, &ev), FY_MUX_HDR);
+    cr_assert(ev.type == FY_MUX_EV_FRAME && ev.hdr.type == FY_MUX_FIN && ev.hdr.stream == 9);
+    fy_mux_reader_free(&r);
+}

@@ -858,3 +858,65 @@ Test(ws, make_key_is_fresh_and_acceptable)
     cr_assert_eq(fy_ws_accept_key(a, 24, out), FY_OK);
     cr_assert_eq(out[28], '\0');
 }
+
+/* ---- splicing: a payload taken from the socket by the caller ---- */
+
+/* A masked frame with the all-zero key reads like an unmasked one, and its
+ * payload may be skipped (spliced); a random key's may not. */
+Test(ws, zero_key_payload_is_raw_and_skippable)
+{
+    static const uint8_t zero[4];
+    uint8_t frame[16 + 300];
+    fy_ws_reader_t r;
+    fy_ws_event_t ev;
+    size_t hl = fy_ws_write_header(frame, true, FY_WS_BINARY, 300, zero);
+    ssize_t used;
+
+    memset(frame + hl, 'x', 300);
+    fy_ws_reader_init(&r, true, 1 << 20);
+    /* The header and 100 payload bytes arrive; the rest is spliced. */
+    used = fy_ws_read(&r, frame, hl + 100, &ev);
+    cr_assert_eq(used, (ssize_t)(hl + 100));
+    cr_assert_eq(ev.type, FY_WS_EV_DATA);
+    cr_assert_eq(ev.len, 100);
+    cr_assert_eq(ev.data[0], 'x', "a zero key leaves the payload as it is");
+    cr_assert_eq(fy_ws_reader_raw_left(&r), 200);
+    fy_ws_reader_skip(&r, 150);
+    cr_assert_eq(fy_ws_reader_raw_left(&r), 50);
+    fy_ws_reader_skip(&r, 50);
+    cr_assert_eq(fy_ws_reader_raw_left(&r), 0);
+    cr_assert_not(fy_ws_reader_at_header(&r), "the message end is still to be reported");
+    used = fy_ws_read(&r, NULL, 0, &ev);
+    cr_assert_eq(used, 0);
+    cr_assert_eq(ev.type, FY_WS_EV_MESSAGE_END);
+    cr_assert(fy_ws_reader_at_header(&r));
+
+    /* The same frame masked with a real key: nothing may bypass the reader. */
+    hl = fy_ws_write_header(frame, true, FY_WS_BINARY, 300, key_a);
+    fy_ws_reader_init(&r, true, 1 << 20);
+    used = fy_ws_read(&r, frame, hl + 100, &ev);
+    cr_assert_eq(used, (ssize_t)(hl + 100));
+    cr_assert_eq(fy_ws_reader_raw_left(&r), 0);
+}
+
+Test(ws, peek_header_all_lengths_and_keys)
+{
+    static const uint8_t zero[4];
+    static const uint64_t lens[] = {0, 125, 126, 65535, 65536, 1u << 20};
+    uint8_t h[FY_WS_MAX_HEADER];
+    size_t i, hl, k;
+
+    for (i = 0; i < FY_NELEM(lens); i++) {
+        const uint8_t *keys[] = {NULL, zero, key_a};
+        for (k = 0; k < 3; k++) {
+            uint64_t plen = 0;
+            bool zk = false;
+            hl = fy_ws_write_header(h, true, FY_WS_BINARY, lens[i], keys[k]);
+            cr_assert_eq(fy_ws_peek_header(h, hl - 1, &plen, &zk), 0, "a partial header says nothing");
+            cr_assert_eq(fy_ws_peek_header(h, hl, &plen, &zk), hl);
+            cr_assert_eq(plen, lens[i]);
+            cr_assert_eq(zk, k < 2, "len %llu key %zu", (unsigned long long)lens[i], k);
+        }
+    }
+    cr_assert_eq(fy_ws_peek_header(h, 1, &(uint64_t){0}, &(bool){false}), 0);
+}

@@ -1,0 +1,159 @@
+"""Bulk bodies by splice(2): the relay moves an agent's DATA payload
+socket -> pipe -> end user, and the agent the relay's DATA payload socket ->
+pipe -> service, when the payload is not masked (the agent masks with the
+all-zero key unless --random-mask). Every combination gives the same bytes:
+relay `splice: true|false`, agent with and without --random-mask; slow
+readers, end users that vanish mid-body and parallel transfers leave no
+pipe behind beyond the small pool; `splice: false` makes no pipe at all."""
+
+import hashlib
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from harness import poll, wait
+from origin import pattern_sha256
+
+pytestmark = pytest.mark.valgrind
+
+MIB = 1 << 20
+POOL_FDS = 2 * 32  # common/pipe: up to 32 empty pipes kept per process
+
+
+def pipe_fds(pid):
+    n = 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith("pipe:"):
+                n += 1
+        except OSError:
+            pass  # closed while we looked
+    return n
+
+
+def relay_pipe_fds(relay):
+    return sum(pipe_fds(p) for p in relay.pids() if p != relay.proc.pid)
+
+
+def download(t, size, read_pause=0.0, block=65536):
+    """GET /download?size= over a raw socket; returns (status, sha256, length)."""
+    with t.raw(timeout=wait(60)) as c:
+        c.send("GET /download?size=%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (size, t.host))
+        version, status, reason, headers = c.read_head()
+        hdr = {k.lower(): v for k, v in headers}
+        assert hdr.get("content-length") == str(size), headers
+        h = hashlib.sha256(c.buf)
+        got = len(c.buf)
+        c.buf.clear()
+        while got < size:
+            chunk = c.sock.recv(min(block, size - got))
+            assert chunk, "the relay closed after %d of %d bytes" % (got, size)
+            h.update(chunk)
+            got += len(chunk)
+            if read_pause:
+                time.sleep(read_pause)
+        return status, h.hexdigest(), got
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
+@pytest.mark.parametrize("random_mask", [False, True], ids=["zero-key", "random-mask"])
+def test_downloads_same_bytes_every_way(relay_factory, tunnel_factory, splice, random_mask):
+    relay = relay_factory(splice=splice)
+    t = tunnel_factory("bulk", relay=relay, args=["--random-mask"] if random_mask else [])
+    sizes = [1, 4095, 65536 + 7, 3 * MIB + 11, 8 * MIB]
+    results = {}
+
+    def one(i, size):
+        results[i] = download(t, size)
+
+    threads = [threading.Thread(target=one, args=(i, s)) for i, s in enumerate(sizes * 2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(wait(120))
+    for i, size in enumerate(sizes * 2):
+        assert results.get(i) == (200, pattern_sha256(size), size), (i, size, results.get(i))
+    # keep-alive goes on after spliced bodies, and requests still work
+    r = t.get("/echo?after=bulk")
+    assert r.status_code == 200 and r.json()["path"] == "/echo?after=bulk"
+
+
+def test_slow_reader_holds_a_pipe_and_gets_every_byte(relay_factory, tunnel_factory):
+    """An end user that stops reading: the relay's pipe for it fills (kernel
+    memory, one per such connection) and the agent is held back by credit;
+    when it reads again every byte arrives in order. With splice: false no
+    pipe is ever made."""
+    for splice in (True, False):
+        relay = relay_factory(splice=splice)
+        t = tunnel_factory("slow%d" % splice, relay=relay)
+        base = relay_pipe_fds(relay)
+        size = 24 * MIB
+        with t.raw(timeout=wait(60)) as c:
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            c.send("GET /download?size=%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (size, t.host))
+            version, status, reason, headers = c.read_head()
+            assert status == 200
+            # not reading: the bytes in flight stop in the relay
+            if splice:
+                poll(lambda: relay_pipe_fds(relay) > base, wait(10), what="a pipe holding the stalled body")
+            else:
+                time.sleep(1.0)
+                assert relay_pipe_fds(relay) == base, "splice: false made a pipe"
+            h = hashlib.sha256(c.buf)
+            got = len(c.buf)
+            c.buf.clear()
+            while got < size:
+                chunk = c.sock.recv(262144)
+                assert chunk
+                h.update(chunk)
+                got += len(chunk)
+        assert (got, h.hexdigest()) == (size, pattern_sha256(size))
+        if not splice:
+            assert relay_pipe_fds(relay) == base
+
+
+def test_vanishing_readers_leave_no_pipes(relay_factory, tunnel_factory):
+    """40 end users that close mid-download while their pipe holds bytes:
+    those pipes are closed, not pooled; the worker's pipes stay within the
+    pool, and the tunnel serves on."""
+    relay = relay_factory()
+    t = tunnel_factory("vanish", relay=relay)
+    assert download(t, 4 * MIB)[0] == 200
+    for _ in range(40):
+        s = socket.create_connection(("127.0.0.1", relay.port), timeout=wait(10))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(("GET /download?size=%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (16 * MIB, t.host)).encode())
+        s.recv(65536)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()  # a reset, with bytes still on their way
+    poll(lambda: relay_pipe_fds(relay) <= POOL_FDS, wait(20), what="pipes back within the pool")
+    assert download(t, 2 * MIB) == (200, pattern_sha256(2 * MIB), 2 * MIB)
+    assert relay_pipe_fds(relay) <= POOL_FDS
+
+
+def test_uploads_spliced_to_the_service(tunnel_factory):
+    """Big uploads reach the service whole, to a fast and to a slow reader
+    (the agent's pipe toward it fills and drains), several at once."""
+    t = tunnel_factory("up")
+    bodies = [os.urandom(n) for n in (5 * MIB + 3, 9 * MIB, 70000)]
+    results = {}
+
+    def one(i, body, path):
+        r = t.post(path, data=body, headers={"Content-Type": "application/octet-stream"}, timeout=wait(120))
+        results[i] = (r.status_code, r.json())
+
+    jobs = [(i, b, p) for i, (b, p) in enumerate(
+        [(b, "/upload") for b in bodies] + [(bodies[1], "/slowupload?pause=0.5&chunk=262144&delay=0.002")])]
+    threads = [threading.Thread(target=one, args=j) for j in jobs]
+    base = pipe_fds(t.agent.pid)
+    for th in threads:
+        th.start()
+    # the slow service pauses first: the agent's pipe toward it holds bytes
+    poll(lambda: pipe_fds(t.agent.pid) > base, wait(10), what="the agent splicing toward the service")
+    for th in threads:
+        th.join(wait(180))
+    for i, body, path in jobs:
+        assert results.get(i) == (200, {"sha256": hashlib.sha256(body).hexdigest(), "length": len(body)}), (i, path)
