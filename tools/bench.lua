@@ -11,11 +11,27 @@
 -- errors = connect + read + write + timeout errors; status_errors = answers
 -- that were not 2xx or 3xx.
 
+-- BENCH_SPREAD=N: requests name tunnels bench, bench1, ..., bench(N-1) in
+-- turn (Host), each thread starting at its own place.
+
 local n = tonumber(os.getenv("BENCH_BODY") or "")
 if n and n > 0 then
     wrk.method = "POST"
     wrk.body = string.rep("x", n)
     wrk.headers["Content-Type"] = "application/octet-stream"
+end
+
+local spread = tonumber(os.getenv("BENCH_SPREAD") or "")
+if spread and spread > 1 then
+    local turn = 0
+    function init(args)
+        turn = math.random(0, spread - 1)
+    end
+    function request()
+        turn = (turn + 1) % spread
+        wrk.headers["Host"] = turn == 0 and "bench.localhost" or ("bench" .. turn .. ".localhost")
+        return wrk.format()
+    end
 end
 
 function done(summary, latency, requests)

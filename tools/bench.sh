@@ -10,12 +10,17 @@
 # (build/tools/origin), nginx as a tuned one-hop reverse proxy to it
 # (upstream keep-alive, no access log, WebSocket upgrade on /ws), ferryd with
 # one worker and ferryd with four workers, each with a ferry agent exposing
-# the origin as tunnel "bench". Then runs every load against each row, all
+# the origin as tunnel "bench" (and three more agents, tunnels bench1..3, for
+# 1k-close-4t). Then runs every load against each row, all
 # in this one run, so the ratios compare like with like on the same machine
 # at the same moment:
 #
 #   1k-keepalive   wrk -c50, GET /1k (1 KiB body), keep-alive
 #   1k-close       wrk -c50, GET /1k, "Connection: close" (a TCP connection per request)
+#   1k-close-4t    the same over four tunnels (bench, bench1..3: Host taken in
+#                  turn, tools/bench.lua BENCH_SPREAD=4); with four workers the
+#                  tunnels sit on different workers, so about 3 connections in 4
+#                  land on a worker that does not hold theirs: the handoff path
 #   1m-keepalive   wrk -c8, GET /1m (1 MiB body), bulk download
 #   64k-upload     wrk -c16, POST /upload with a 64 KiB body (tools/bench.lua), keep-alive
 #   1k-c1000       wrk -c1000, GET /1k, keep-alive: 1,000 concurrent clients
@@ -75,7 +80,7 @@ FERRY=${FERRY_BENCH_FERRY:-$BIN_DIR/ferry}
 ORIGIN=${FERRY_BENCH_ORIGIN:-$BUILD_DIR/tools/origin}
 BENCH_WS=${FERRY_BENCH_WS:-$BUILD_DIR/tools/bench_ws}
 NGINX=${FERRY_BENCH_NGINX:-/usr/sbin/nginx}
-LOADS=${FERRY_BENCH_LOADS:-1k-keepalive 1k-close 1m-keepalive 64k-upload 1k-c1000 ws-echo https-keepalive https-close}
+LOADS=${FERRY_BENCH_LOADS:-1k-keepalive 1k-close 1k-close-4t 1m-keepalive 64k-upload 1k-c1000 ws-echo https-keepalive https-close}
 ROWS="direct nginx ferry ferry4w"
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
@@ -274,7 +279,7 @@ FERRY_HDR=(-H "Host: bench.localhost")
 AGENT_FLAGS=()
 # No local agent API: two agents would fight over its default port.
 "$FERRY" --help 2>&1 | grep -q -- '--web-addr' && AGENT_FLAGS+=(--web-addr false)
-declare -A READY WHY RELAY_PID AGENT_PID
+declare -A READY WHY RELAY_PID AGENT_PID EXTRA_AGENTS
 start_ferry() {
     local row=$1 workers=$2 port=$3 admin=$4 tls_port=$5 code=000 deadline dpid apid
     READY[$row]=0
@@ -295,10 +300,19 @@ start_ferry() {
     apid=${PIDS[-1]}
     RELAY_PID[$row]=$dpid
     AGENT_PID[$row]=$apid
+    EXTRA_AGENTS[$row]=
+    for t in bench1 bench2 bench3; do
+        spawn "$row-agent-$t" "$FERRY" http "127.0.0.1:$ORIGIN_PORT" --server "ws://127.0.0.1:$port" \
+            --subdomain "$t" --log stderr "${AGENT_FLAGS[@]}"
+        EXTRA_AGENTS[$row]="${EXTRA_AGENTS[$row]} ${PIDS[-1]}"
+    done
     WHY[$row]="no 200 for Host: bench.localhost on :$port within 10 s"
     deadline=$((SECONDS + 10))
     while [ "$SECONDS" -lt "$deadline" ]; do
         code=$(status "${FERRY_HDR[@]}" "http://127.0.0.1:$port/1k")
+        for t in bench1 bench2 bench3; do
+            [ "$code" = 200 ] && code=$(status -H "Host: $t.localhost" "http://127.0.0.1:$port/1k")
+        done
         if [ "$code" = 200 ]; then
             READY[$row]=1
             return 0
@@ -320,6 +334,8 @@ RELAY_PID[nginx]=$NGINX_PID
 AGENT_PID[nginx]=
 RELAY_PID[direct]=
 AGENT_PID[direct]=
+EXTRA_AGENTS[nginx]=
+EXTRA_AGENTS[direct]=
 
 # --- process accounting -------------------------------------------------------
 # A service is its session (setsid): ferryd's master and workers, nginx's
@@ -335,6 +351,14 @@ cpu_ticks() {
         # Fields after "pid (comm) ": state is 1, utime 12, stime 13.
         read -r -a f <<<"${line##*) }"
         sum=$((sum + f[11] + f[12]))
+    done
+    echo "$sum"
+}
+# The same over several groups (a row's agents).
+cpu_ticks_all() {
+    local sum=0 g
+    for g in "$@"; do
+        sum=$((sum + $(cpu_ticks "$g")))
     done
     echo "$sum"
 }
@@ -394,7 +418,8 @@ run() {
     hwm_reset "$relay"
     hwm_reset "$agent"
     r0=$(cpu_ticks "$relay")
-    a0=$(cpu_ticks "$agent")
+    # shellcheck disable=SC2086 # a list of pids
+    a0=$(cpu_ticks_all "$agent" ${EXTRA_AGENTS[$row]})
     o0=$(cpu_ticks "$ORIGIN_PID")
     # The tools stop themselves after the duration; timeout only catches a
     # wedged run.
@@ -405,6 +430,9 @@ run() {
     1k-close | https-close)
         timeout $((DURATION + 20)) wrk -t2 -c50 -d"${DURATION}s" -s "$HERE/bench.lua" \
             "${FERRY_HDR[@]}" -H "Connection: close" "$url/1k" >"$out" 2>&1 || rc=$? ;;
+    1k-close-4t)
+        BENCH_SPREAD=4 timeout $((DURATION + 20)) wrk -t2 -c50 -d"${DURATION}s" -s "$HERE/bench.lua" \
+            -H "Connection: close" "$url/1k" >"$out" 2>&1 || rc=$? ;;
     1m-keepalive)
         timeout $((DURATION + 20)) wrk -t2 -c8 -d"${DURATION}s" -s "$HERE/bench.lua" \
             "${FERRY_HDR[@]}" "$url/1m" >"$out" 2>&1 || rc=$? ;;
@@ -420,7 +448,8 @@ run() {
     *) die "unknown load $load" ;;
     esac
     r1=$(cpu_ticks "$relay")
-    a1=$(cpu_ticks "$agent")
+    # shellcheck disable=SC2086
+    a1=$(cpu_ticks_all "$agent" ${EXTRA_AGENTS[$row]})
     o1=$(cpu_ticks "$ORIGIN_PID")
     [ -n "$relay" ] && rhwm=$(hwm_kb "$relay")
     [ -n "$agent" ] && ahwm=$(hwm_kb "$agent")

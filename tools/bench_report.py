@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 
-LOADS = ["1k-keepalive", "1k-close", "1m-keepalive", "64k-upload", "1k-c1000", "ws-echo", "https-keepalive",
+LOADS = ["1k-keepalive", "1k-close", "1k-close-4t", "1m-keepalive", "64k-upload", "1k-c1000", "ws-echo", "https-keepalive",
          "https-close"]
 ROWS = ["direct", "nginx", "ferry", "ferry4w"]
 CG_WHAT = ("instructions per proxied request under valgrind --tool=callgrind (user space only: "
@@ -216,11 +216,14 @@ def table(runs, meta, cgres, suite_seconds):
     lines.append("")
     lines.append("req/s: requests (ws-echo: echoed messages) per second; MB/s: MiB of response bodies and heads "
                  "(64k-upload: of request bodies; ws-echo: of echoed payload);")
-    lines.append("relay = nginx (master+worker) or ferryd (master+workers); agent = ferry; cpu = CPU seconds per "
+    lines.append("relay = nginx (master+worker) or ferryd (master+workers); agent = ferry (cpu: the four agents); "
+                 "cpu = CPU seconds per "
                  "10k requests; MB = peak RSS (VmHWM, MiB) during the run%s;" %
                  ("" if meta.get("hwm_reset", "yes") == "yes" else " (NOT reset per run: peak since start)"))
     lines.append("vs dir / vs ngx: req/s over direct's / nginx's in the same load; vs 1w: ferry4w over ferry "
-                 "(ferry4w = 4 workers, most connections handed to the tunnel's owner).")
+                 "(ferry4w = 4 workers: with one busy tunnel its owner takes most connections and the others "
+                 "pause; 1k-close-4t spreads four tunnels over the workers, so about 3 in 4 connections are "
+                 "handed to their tunnel's owner).")
     if meta.get("handoffs"):
         lines.append("handoffs (ferry4w): " + meta["handoffs"].strip())
     lines.append("")

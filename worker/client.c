@@ -33,6 +33,7 @@ static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events);
 static void on_timer(fy_ev_t *ev, fy_timer_t *t);
 static void free_task(fy_ev_t *ev, fy_task_t *t);
 static void process(fy_client_t *c);
+static void read_in(fy_client_t *c);
 static void flush_out(fy_client_t *c);
 static void update(fy_client_t *c);
 
@@ -78,10 +79,20 @@ static fy_client_t *client_new(fy_worker_t *w, int fd, int port, bool admin, con
 void fy_client_accept(fy_worker_t *w, fy_listener_t *l, int fd, const struct sockaddr_storage *peer)
 {
     fy_client_t *c = client_new(w, fd, l->port, l->admin, peer);
-    if (c != NULL)
-        update(c);
-}
 
+    if (c == NULL)
+        return;
+    /* Read at once (HAProxy's speculative read): a client that connects
+     * sends its request right away, so it is usually here already. A
+     * request handed to another worker then never enters our epoll set,
+     * and one served here saves a wakeup. */
+    read_in(c);
+    if (!c->closed)
+        process(c);
+    if (!c->closed)
+        fy_buf_release_if_empty(&c->in);
+    update(c);
+}
 
 void fy_client_adopt(fy_worker_t *w, int fd, const fy_handoff_hdr_t *h, const uint8_t *bytes)
 {
@@ -1099,6 +1110,8 @@ static bool step_head(fy_client_t *c)
             fy_client_error(c, false, 502, "tunnel_error", "tunnel \"%s\": could not open a stream", id);
             return false;
         }
+        if (c->hops == 0)
+            w->accepted_local++;
     }
 forward:
     if (c->ac->tunnel->basic_auth && !basic_auth_ok(c, &req, c->ac->tunnel)) {

@@ -18,8 +18,59 @@
 #include <unistd.h>
 
 #define ACCEPTS_PER_WAKEUP 64
+#define ACCEPT_PAUSE_MS 50
 #define DRAIN_CHECK_MS 100
 #define TLS_QUIET_MS 1000     /* a TLS session this long without a byte is idle */
+
+/*
+ * After a batch of accepts. EPOLLEXCLUSIVE wakes the first waiter in the
+ * socket's queue, which would be this worker again and again: going to the
+ * back of the queue lets the workers (and, during an upgrade, both
+ * generations) take turns. But a connection accepted by a worker that does
+ * not hold its tunnel costs a handoff, and the owner does the work anyway:
+ * so a worker whose recent connections stayed here (it holds the busy
+ * tunnels) keeps its place at the front, and one whose connections nearly
+ * all went to other workers stops accepting for ACCEPT_PAUSE_MS (the owner,
+ * which never pauses, takes them meanwhile; the backlog holds them if it
+ * is busy). The counts decay, so the choice follows the traffic; with
+ * tunnels spread over the workers, or nothing routed yet, everyone takes
+ * turns as before.
+ */
+static void take_turns(fy_listener_t *l)
+{
+    fy_worker_t *w = l->w;
+    bool stays = w->accepted_local > w->accepted_moved;
+    bool elsewhere = w->accepted_moved >= 8 && w->accepted_moved > 8 * w->accepted_local;
+
+    w->accepted_local /= 2;
+    w->accepted_moved /= 2;
+    if (stays)
+        return;
+    fy_io_del(w->ev, &l->io);
+    if (elsewhere && !w->draining) {
+        l->paused = true;
+        if (!fy_timer_armed(&w->accept_timer))
+            fy_timer_arm(w->ev, &w->accept_timer, ACCEPT_PAUSE_MS);
+        return;
+    }
+    if (fy_io_set(w->ev, &l->io, EPOLLIN | EPOLLEXCLUSIVE) != FY_OK)
+        fy_log(FY_LOG_ERR, errno, "worker %d: listener", w->index);
+}
+
+static void on_accept_timer(fy_ev_t *ev, fy_timer_t *t)
+{
+    fy_worker_t *w = t->data;
+    int i;
+
+    for (i = 0; i < w->nlisteners; i++) {
+        fy_listener_t *l = &w->listeners[i];
+        if (!l->paused)
+            continue;
+        l->paused = false;
+        if (l->io.fd >= 0 && !w->draining && fy_io_set(ev, &l->io, EPOLLIN | EPOLLEXCLUSIVE) != FY_OK)
+            fy_log(FY_LOG_ERR, errno, "worker %d: listener", w->index);
+    }
+}
 
 static void on_accept(fy_ev_t *ev, fy_io_t *io, uint32_t events)
 {
@@ -49,15 +100,8 @@ static void on_accept(fy_ev_t *ev, fy_io_t *io, uint32_t events)
         else
             fy_client_accept(l->w, l, fd, &ss);
     }
-    /* EPOLLEXCLUSIVE wakes the first waiter in the socket's queue, which
-     * would be this worker again and again: going to the back of the queue
-     * lets the workers (and, during an upgrade, both generations) take
-     * turns. */
-    if (l->w->nworkers > 1 || l->w->base > 0) {
-        fy_io_del(ev, io);
-        if (fy_io_set(ev, io, EPOLLIN | EPOLLEXCLUSIVE) != FY_OK)
-            fy_log(FY_LOG_ERR, errno, "worker %d: listener", l->w->index);
-    }
+    if (l->w->nworkers > 1 || l->w->base > 0)
+        take_turns(l);
 }
 
 /* Draining: close the listen sockets (the admin one answers "draining"
@@ -363,6 +407,8 @@ void fy_worker_handoff(fy_worker_t *w, fy_client_t *c, int target)
     memcpy(h.sni_id, c->sni_id, sizeof(c->sni_id));
     rc = fy_handoff_send(w->mailbox_send[target], &h, fy_buf_data(&c->in), c->io.fd);
     if (rc == FY_OK) {
+        if (c->hops == 0)
+            w->accepted_moved++;
         atomic_fetch_add_explicit(&w->rec->handoffs_sent, 1, memory_order_relaxed);
         if (c->state == FY_C_HANDOFF)
             w->nparked--;
@@ -539,6 +585,7 @@ static void worker_free(fy_worker_t *w)
     fy_chan_close(&w->ctl);
     fy_timer_stop(w->ev, &w->retry_timer);
     fy_timer_stop(w->ev, &w->drain_timer);
+    fy_timer_stop(w->ev, &w->accept_timer);
     fy_timer_stop(w->ev, &w->access_timer);
     close(w->shm.fd);
     fy_shm_detach(&w->shm);
@@ -601,6 +648,8 @@ int fy_worker_main(const fy_worker_setup_t *st)
     w.sigio.data = &w;
     w.drain_timer.cb = on_drain_timer;
     w.drain_timer.data = &w;
+    w.accept_timer.cb = on_accept_timer;
+    w.accept_timer.data = &w;
     if (w.sigio.fd < 0 || fy_io_set(w.ev, &w.sigio, EPOLLIN) != FY_OK
         || fy_chan_open(&w.ctl, w.ev, st->ctl_fd, on_ctl, on_ctl_close, &w) != FY_OK
         || fy_io_set(w.ev, &w.mailbox, EPOLLIN) != FY_OK) {

@@ -59,6 +59,7 @@ struct fy_listener_s {
     int           port;
     bool          admin;
     bool          tls;             /* HTTPS: the hello stage, then a TLS pump (tls.c) */
+    bool          paused;          /* out of the epoll set for a moment (on_accept) */
 };
 
 /* The tunnels that have connections on this worker (the host-wide view is
@@ -206,6 +207,9 @@ struct fy_worker_s {
     size_t           mailbox_cap;
     uint32_t         conn_serial, reg_serial;
     unsigned         rr;
+    unsigned         accepted_local;  /* connections accepted here whose tunnel is here ... */
+    unsigned         accepted_moved;  /* ... or was handed to its owner (on_accept; decaying) */
+    fy_timer_t       accept_timer;    /* paused listeners listen again */
     fy_timer_t       retry_timer;     /* handoff retries and tunnel_wait expiry */
     char            *access_buf;      /* access log lines not yet written */
     char             access_ts[32];   /* the access log's time stamp ... */
