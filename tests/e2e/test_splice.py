@@ -4,7 +4,8 @@ pipe -> service, when the payload is not masked (the agent masks with the
 all-zero key unless --random-mask). Every combination gives the same bytes:
 relay `splice: true|false`, agent with and without --random-mask; slow
 readers, end users that vanish mid-body and parallel transfers leave no
-pipe behind beyond the small pool; `splice: false` makes no pipe at all."""
+pipe behind beyond the small pool; `splice: false` makes no pipe at all.
+Two tests are in the valgrind subset (pipes closed at exit, no fd left)."""
 
 import hashlib
 import os
@@ -16,8 +17,6 @@ import pytest
 
 from harness import poll, wait
 from origin import pattern_sha256
-
-pytestmark = pytest.mark.valgrind
 
 MIB = 1 << 20
 POOL_FDS = 2 * 32  # common/pipe: up to 32 empty pipes kept per process
@@ -115,6 +114,7 @@ def test_slow_reader_holds_a_pipe_and_gets_every_byte(relay_factory, tunnel_fact
             assert relay_pipe_fds(relay) == base
 
 
+@pytest.mark.valgrind
 def test_vanishing_readers_leave_no_pipes(relay_factory, tunnel_factory):
     """40 end users that close mid-download while their pipe holds bytes:
     those pipes are closed, not pooled; the worker's pipes stay within the
@@ -134,6 +134,7 @@ def test_vanishing_readers_leave_no_pipes(relay_factory, tunnel_factory):
     assert relay_pipe_fds(relay) <= POOL_FDS
 
 
+@pytest.mark.valgrind
 def test_uploads_spliced_to_the_service(tunnel_factory):
     """Big uploads reach the service whole, to a fast and to a slow reader
     (the agent's pipe toward it fills and drains), several at once."""
