@@ -14,7 +14,7 @@
 #define TUN_READ_SIZE  (64u * 1024)
 #define TUN_IN_MAX     (TUN_READ_SIZE + FY_WS_MAX_HEADER + FY_WS_MAX_CONTROL + 1024)
 #define TUN_READS_PER_WAKEUP 4
-#define TUN_FREE_CHUNKS 64     /* chunks kept for reuse per process */
+#define TUN_FREE_CHUNKS 16     /* chunks kept for reuse per process */
 #define TUN_MAX_MESSAGE (16u * 1024 * 1024)
 #define TUN_IOV 64
 /* Fewer payload bytes than this left in the socket are read, not spliced;

@@ -32,7 +32,7 @@
 #include "ws/ws.h"
 
 /* Payload bytes of one output chunk (one WebSocket message). */
-#define FY_TUN_CHUNK (64u * 1024)
+#define FY_TUN_CHUNK (128u * 1024)
 /* Largest DATA payload one reservation gives. */
 #define FY_TUN_MAX_DATA (FY_TUN_CHUNK - FY_MUX_HDR)
 
