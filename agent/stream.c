@@ -30,7 +30,7 @@
 
 #define READS_PER_WAKEUP 4
 /* out may exceed the window by what rewritten heads add. */
-#define OUT_MAX (FY_MUX_STREAM_WINDOW + 64u * 1024)
+#define OUT_MAX (FY_MUX_STREAM_WINDOW_WIDE + 64u * 1024)
 /* What a stream on a kept connection holds to send again elsewhere. */
 #define REPLAY_MAX (64u * 1024)
 
@@ -68,7 +68,7 @@ void fy_astream_open(fy_tconn_t *tc, uint32_t id)
     s->up = -1;
     s->rewrite = tn->hh_mode != FY_HH_PRESERVE;
     s->opened_at = fy_ev_now(a->ev);
-    fy_mux_credit_init(&s->credit, FY_MUX_STREAM_WINDOW);
+    fy_mux_credit_init_pair(&s->credit, tc->tun.stream_send, tc->tun.stream_recv);
     if (fy__tconn_add_stream(tc, s) != FY_OK) {
         free(s);
         (void)fy_tun_send_u32(&tc->tun, FY_MUX_RST, id, FY_MUX_RST_INTERNAL, "out of memory");
@@ -374,7 +374,7 @@ void fy_astream_on_data(fy_astream_t *s, const uint8_t *p, size_t n)
         }
     }
     if (s->rewrite) {
-        if (fy_buf_append(&s->raw, p, n, FY_MUX_STREAM_WINDOW) != FY_OK) {
+        if (fy_buf_append(&s->raw, p, n, s->credit.initial) != FY_OK) {
             fy_astream_close(s, FY_MUX_RST_INTERNAL, "out of memory");
             return;
         }
@@ -401,7 +401,7 @@ void fy_astream_on_data(fy_astream_t *s, const uint8_t *p, size_t n)
             n -= (size_t)w;
         }
     }
-    if (n > 0 && fy_buf_append(&s->out, p, n, FY_MUX_STREAM_WINDOW) != FY_OK) {
+    if (n > 0 && fy_buf_append(&s->out, p, n, s->credit.initial) != FY_OK) {
         fy_astream_close(s, FY_MUX_RST_INTERNAL, "out of memory");
         return;
     }

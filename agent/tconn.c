@@ -245,13 +245,15 @@ static void send_hello(fy_tconn_t *tc)
     fy_atunnel_t *tn = tc->tn;
     uint8_t p[1024];
     size_t pl = 0;
-    char conns[8];
+    char conns[8], window[16];
 
     snprintf(conns, sizeof(conns), "%u", tn->want_conns);
+    snprintf(window, sizeof(window), "%u", FY_MUX_STREAM_WINDOW_WIDE);
     if (fy_mux_kv_put(p, &pl, sizeof(p), "session", tn->agent->session, strlen(tn->agent->session)) != FY_OK
         || fy_mux_kv_put(p, &pl, sizeof(p), "tunnel", tn->id, strlen(tn->id)) != FY_OK
         || fy_mux_kv_put(p, &pl, sizeof(p), "version", FY_VERSION, strlen(FY_VERSION)) != FY_OK
         || fy_mux_kv_put(p, &pl, sizeof(p), "connections", conns, strlen(conns)) != FY_OK
+        || fy_mux_kv_put(p, &pl, sizeof(p), "window", window, strlen(window)) != FY_OK
         /* The relay keeps only a keyed digest of it (SPEC.md). */
         || (tn->basic_auth[0] != '\0'
             && fy_mux_kv_put(p, &pl, sizeof(p), "basic_auth", tn->basic_auth, strlen(tn->basic_auth)) != FY_OK)
@@ -442,6 +444,10 @@ static void on_ready(fy_tconn_t *tc, const fy_mux_event_t *e)
         tconn_close(tc, "READY without a url", NULL, true);
         return;
     }
+    /* A relay that answers our `window` grants its own: both directions
+     * widen. One that does not (an older relay) keeps 256 KiB both ways. */
+    if (fy_mux_kv_window(e->payload, e->len, &tc->tun.stream_send) == FY_OK)
+        tc->tun.stream_recv = FY_MUX_STREAM_WINDOW_WIDE;
     tc->state = FY_TC_READY;
     tc->ready_at = fy_ev_now(a->ev);
     tn->state = FY_A_CONNECTED;

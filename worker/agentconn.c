@@ -344,7 +344,7 @@ int fy_agentconn_open_stream(fy_agentconn_t *ac, fy_client_t *c)
     if (fy_tun_send(&ac->tun, FY_MUX_OPEN, c->sid, open, ol) != FY_OK)
         return FY_ERR;
     c->ac = ac;
-    fy_mux_credit_init(&c->credit, FY_MUX_STREAM_WINDOW);
+    fy_mux_credit_init_pair(&c->credit, ac->tun.stream_send, ac->tun.stream_recv);
     c->fin_rx = c->fin_tx = false;
     c->svc_keep = true;
     c->rstate = FY_R_HEAD;
@@ -406,10 +406,11 @@ void fy_agentconn_goaway_all(fy_worker_t *w)
 static void send_ready(fy_agentconn_t *ac)
 {
     uint8_t p[512];
-    char url[400];
+    char url[400], window[16];
     size_t pl = 0;
     int n;
 
+    snprintf(window, sizeof(window), "%u", ac->tun.stream_recv);
     /* The public URL, on the scheme and port the agent came in on. */
     if (ac->port == (ac->tls ? 443 : 80))
         n = snprintf(url, sizeof(url), "%s://%s.%s", ac->tls ? "https" : "http", ac->tunnel->id,
@@ -420,6 +421,8 @@ static void send_ready(fy_agentconn_t *ac)
     if (n < 0 || (size_t)n >= sizeof(url)
         || fy_mux_kv_put(p, &pl, sizeof(p), "url", url, (size_t)n) != FY_OK
         || fy_mux_kv_put(p, &pl, sizeof(p), "tunnel", ac->tunnel->id, strlen(ac->tunnel->id)) != FY_OK
+        || (ac->tun.stream_recv != FY_MUX_STREAM_WINDOW
+            && fy_mux_kv_put(p, &pl, sizeof(p), "window", window, strlen(window)) != FY_OK)
         || fy_tun_send(&ac->tun, FY_MUX_READY, 0, p, pl) != FY_OK) {
         fy_tun_close(&ac->tun, "could not send READY");
         return;
@@ -452,6 +455,10 @@ static void on_frame(fy_tun_t *t, const fy_mux_event_t *e)
                                ac->w->digest_key, sizeof(ac->w->digest_key));
             ac->tunnel->basic_auth = true;
         }
+        /* An agent that says what it grants a stream gets the wide window
+         * back in READY; one that does not keeps 256 KiB both ways. */
+        if (fy_mux_kv_window(e->payload, e->len, &t->stream_send) == FY_OK)
+            t->stream_recv = FY_MUX_STREAM_WINDOW_WIDE;
         send_ready(ac);
         fy_worker_wake(ac->w, ac->tunnel->id);
         return;

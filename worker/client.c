@@ -26,7 +26,7 @@
 
 #define CLIENT_READ     (16u * 1024)
 #define CLIENT_BODY_BUF (64u * 1024)   /* body/tunnel bytes read ahead of credit */
-#define CLIENT_OUT_MAX  (FY_MUX_STREAM_WINDOW + 64u * 1024)
+#define CLIENT_OUT_MAX  (FY_MUX_STREAM_WINDOW_WIDE + 64u * 1024)
 #define LINGER_MS       2000
 
 static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events);

@@ -371,14 +371,39 @@ bool fy_mux_kv_valid(const uint8_t *p, size_t len)
 
 /* ---- credit flow control ---- */
 
-/* Both sides grant the same initial windows (FY_MUX_STREAM_WINDOW,
- * FY_MUX_CONN_WINDOW), so what we may send starts at the value we grant. */
+/* Both sides grant the same initial connection window (FY_MUX_CONN_WINDOW)
+ * and stream window (FY_MUX_STREAM_WINDOW, or what HELLO and READY agreed),
+ * so what we may send starts at the value we grant. */
 void fy_mux_credit_init(fy_mux_credit_t *c, uint32_t initial)
 {
-    c->send = initial;
-    c->recv = initial;
-    c->initial = initial;
+    fy_mux_credit_init_pair(c, initial, initial);
+}
+
+void fy_mux_credit_init_pair(fy_mux_credit_t *c, uint32_t send, uint32_t recv)
+{
+    c->send = send;
+    c->recv = recv;
+    c->initial = recv;
     c->unacked = 0;
+}
+
+int fy_mux_kv_window(const uint8_t *p, size_t len, uint32_t *w)
+{
+    size_t vl, i;
+    const char *v = fy_mux_kv_get(p, len, "window", &vl);
+    uint64_t n = 0;
+
+    if (v == NULL || vl == 0 || vl > 8)
+        return FY_ERR;
+    for (i = 0; i < vl; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return FY_ERR;
+        n = n * 10 + (uint64_t)(v[i] - '0');
+    }
+    if (n < FY_MUX_STREAM_WINDOW || n > 16u * 1024 * 1024)
+        return FY_ERR;
+    *w = (uint32_t)n;
+    return FY_OK;
 }
 
 int fy_mux_credit_received(fy_mux_credit_t *c, uint32_t n)

@@ -14,7 +14,8 @@
 #define FY_MUX_HDR 10
 #define FY_MUX_MAX_CONTROL 8192          /* largest non-DATA payload */
 #define FY_MUX_MAX_DATA   (1u << 20)     /* largest DATA payload in one frame */
-#define FY_MUX_STREAM_WINDOW (256u * 1024) /* initial per-stream credit */
+#define FY_MUX_STREAM_WINDOW (256u * 1024) /* initial per-stream credit, unless both sides said `window` */
+#define FY_MUX_STREAM_WINDOW_WIDE (1024u * 1024) /* what ferry grants once they did (PROTOCOL.md §4) */
 #define FY_MUX_CONN_WINDOW  (4u * 1024 * 1024) /* initial per-connection credit */
 #define FY_MUX_MAX_WINDOW   0x7fffffffu
 
@@ -146,6 +147,12 @@ typedef struct fy_mux_credit_s {
 } fy_mux_credit_t;
 
 void fy_mux_credit_init(fy_mux_credit_t *c, uint32_t initial);
+/* The same when the two directions start apart: send what the peer grants,
+ * recv what we grant. */
+void fy_mux_credit_init_pair(fy_mux_credit_t *c, uint32_t send, uint32_t recv);
+/* A `window=` value of HELLO or READY: FY_OK with *w, or FY_ERR if absent
+ * or not a number in [FY_MUX_STREAM_WINDOW, 16 MiB]. */
+int fy_mux_kv_window(const uint8_t *p, size_t len, uint32_t *w) FY_MUST_USE;
 /* The peer sent n bytes: FY_ERR if n exceeds what we granted. */
 int fy_mux_credit_received(fy_mux_credit_t *c, uint32_t n) FY_MUST_USE;
 /* We consumed n received bytes (wrote them on). Returns the increment to

@@ -92,6 +92,7 @@ int fy_tun_start(fy_tun_t *t, fy_ev_t *ev, int fd, bool client, const fy_tun_ops
     fy_ws_reader_init(&t->wsr, !client, TUN_MAX_MESSAGE);
     fy_mux_reader_init(&t->muxr);
     fy_mux_credit_init(&t->credit, FY_MUX_CONN_WINDOW);
+    t->stream_send = t->stream_recv = FY_MUX_STREAM_WINDOW;
     if (fy_buf_append(&t->in, initial, ninitial, TUN_IN_MAX) != FY_OK
         || fy_io_set(ev, &t->io, EPOLLIN) != FY_OK) {
         fy_buf_free(&t->in);

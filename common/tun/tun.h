@@ -79,6 +79,8 @@ struct fy_tun_s {
     fy_task_t           flush_task;
     fy_task_t           close_task;
     fy_mux_credit_t     credit;      /* connection-level */
+    uint32_t            stream_send; /* initial credit of a new stream: what the peer grants ... */
+    uint32_t            stream_recv; /* ... and what we grant (HELLO/READY `window`, else 256 KiB) */
     uint64_t            last_rx;     /* ms: when the peer last sent anything */
     uint8_t             data_flags;  /* during on_data: the frame's flags on its first slice, else 0 */
     bool                in_data;     /* a DATA frame's slices are being delivered */

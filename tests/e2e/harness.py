@@ -1547,10 +1547,11 @@ class FakeAgent:
             if op == 0x8:
                 raise PeerClosed("relay sent a WebSocket close")
 
-    def hello(self, connections=1):
-        """HELLO, then wait for READY: its key=value payload."""
-        self.send_frames(frame(HELLO, 0, ("session=%s\ntunnel=%s\nversion=%s\nconnections=%d\n"
-                                          % (self.session, self.id, "fake-1", connections)).encode()))
+    def hello(self, connections=1, extra=""):
+        """HELLO (with `extra` key=value lines), then wait for READY: its
+        key=value payload."""
+        self.send_frames(frame(HELLO, 0, ("session=%s\ntunnel=%s\nversion=%s\nconnections=%d\n%s"
+                                          % (self.session, self.id, "fake-1", connections, extra)).encode()))
         while True:
             for t, fl, st, payload in self.read_frames():
                 if t == READY:

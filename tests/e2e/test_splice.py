@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from harness import poll, wait
+from harness import OPEN, FakeAgent, poll, wait
 from origin import pattern_sha256
 
 MIB = 1 << 20
@@ -158,3 +158,38 @@ def test_uploads_spliced_to_the_service(tunnel_factory):
         th.join(wait(180))
     for i, body, path in jobs:
         assert results.get(i) == (200, {"sha256": hashlib.sha256(body).hexdigest(), "length": len(body)}), (i, path)
+
+
+@pytest.mark.parametrize("hello,ready,credit", [
+    ("", None, 256 * 1024),                        # an agent that says nothing: 256 KiB, as ever
+    ("window=1048576\n", "1048576", 1024 * 1024),  # ferry's agent: 1 MiB both ways
+    ("window=2097152\n", "1048576", 2 * 1024 * 1024),
+    ("window=4096\n", None, 256 * 1024),           # out of range: as if unsaid
+], ids=["unsaid", "1mib", "2mib", "bogus"])
+def test_stream_window_negotiated(relay, hello, ready, credit):
+    """HELLO's `window` is what the agent grants a stream; the relay sends
+    exactly that much of an upload before it waits for WINDOW, and answers
+    with its own grant in READY (docs/PROTOCOL.md §4)."""
+    fake = FakeAgent(relay.port, "win")
+    try:
+        got = fake.hello(extra=hello)
+        assert got.get("window") == ready, got
+        s = socket.create_connection(("127.0.0.1", relay.port), timeout=wait(10))
+        size = 6 * MIB
+
+        def upload():
+            try:
+                s.sendall(("POST /upload HTTP/1.1\r\nHost: win.localhost:%d\r\nContent-Length: %d\r\n\r\n"
+                           % (relay.port, size)).encode())
+                s.sendall(b"x" * size)
+            except OSError:
+                pass  # the relay holds it back; the socket closes at the end
+
+        th = threading.Thread(target=upload, daemon=True)
+        th.start()
+        data, others = fake.drain(3)
+        assert [t for t, st, p in others if t == OPEN], others
+        assert sum(data.values()) == credit, (data, credit)
+        s.close()
+    finally:
+        fake.close()

@@ -703,3 +703,38 @@ Test(mux, data_left_and_skip)
     cr_assert(ev.type == FY_MUX_EV_FRAME && ev.hdr.type == FY_MUX_FIN && ev.hdr.stream == 9);
     fy_mux_reader_free(&r);
 }
+
+/* HELLO and READY may carry `window=`, the per-stream credit the sender
+ * grants; only a plain number from 256 KiB to 16 MiB counts. */
+Test(mux, kv_window)
+{
+    static const struct { const char *kv; int rc; uint32_t w; } cases[] = {
+        {"window=1048576\n", FY_OK, 1048576},
+        {"session=x\nwindow=262144\n", FY_OK, 262144},
+        {"window=16777216\n", FY_OK, 16777216},
+        {"window=262143\n", FY_ERR, 0},
+        {"window=16777217\n", FY_ERR, 0},
+        {"window=1e6\n", FY_ERR, 0},
+        {"window=-1048576\n", FY_ERR, 0},
+        {"window=\n", FY_ERR, 0},
+        {"window=999999999999\n", FY_ERR, 0},
+        {"session=x\n", FY_ERR, 0},
+    };
+    size_t i;
+
+    for (i = 0; i < FY_NELEM(cases); i++) {
+        uint32_t w = 7;
+        int rc = fy_mux_kv_window((const uint8_t *)cases[i].kv, strlen(cases[i].kv), &w);
+        cr_assert_eq(rc, cases[i].rc, "%s", cases[i].kv);
+        cr_assert_eq(w, rc == FY_OK ? cases[i].w : 7, "%s", cases[i].kv);
+    }
+}
+
+Test(mux, credit_init_pair)
+{
+    fy_mux_credit_t c;
+    fy_mux_credit_init_pair(&c, FY_MUX_STREAM_WINDOW, FY_MUX_STREAM_WINDOW_WIDE);
+    cr_assert_eq(c.send, FY_MUX_STREAM_WINDOW);
+    cr_assert_eq(c.recv, FY_MUX_STREAM_WINDOW_WIDE);
+    cr_assert_eq(c.initial, FY_MUX_STREAM_WINDOW_WIDE, "WINDOW batching follows what we grant");
+}
