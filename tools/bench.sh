@@ -36,8 +36,10 @@
 # (DESIGN.md "The handoff"). The direct row has no TLS and shows n/a.
 #
 # Rows: direct (the origin), nginx (one hop), ferry (1 worker: the tunnel's
-# owner takes every connection), ferry4w (4 workers: most connections land
-# on a worker that does not own the tunnel and are handed to the owner).
+# owner takes every connection), ferry4w (4 workers: with one busy tunnel
+# its owner takes most connections while the others pause accepting,
+# worker.c take_turns; in 1k-close-4t the four tunnels sit on different
+# workers and about 3 connections in 4 are handed to their owner).
 #
 # Columns: req/s; MB/s (MiB: response bytes, for the upload the bodies
 # sent); p50/p99/p99.9 latency (ms; wrk's histogram through tools/bench.lua,
@@ -273,8 +275,8 @@ wait_200 "http://127.0.0.1:$NGINX_PORT/1k" ||
 
 # --- ferryd + agent -----------------------------------------------------------
 # Two relays: one worker (every request lands on the tunnel's owner), and
-# four workers, where most new connections land on a worker that does not
-# own the tunnel and are handed to the owner (the handoff path).
+# four workers (the handoff path, when a connection lands on a worker that
+# does not hold its tunnel: see Rows above).
 FERRY_HDR=(-H "Host: bench.localhost")
 AGENT_FLAGS=()
 # No local agent API: two agents would fight over its default port.
