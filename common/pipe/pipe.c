@@ -18,6 +18,8 @@ static bool enabled = true;
 void fy_pipe_enable(bool on)
 {
     enabled = on;
+    if (!on)
+        fy_pipe_pool_free();   /* turned off by a reload: no idle pipe stays */
 }
 
 bool fy_pipe_enabled(void)
@@ -60,7 +62,7 @@ void fy_pipe_put(fy_pipe_t *p)
     if (p == NULL)
         return;
     nused--;
-    if (p->len == 0 && npool < POOL_KEEP) {
+    if (p->len == 0 && enabled && npool < POOL_KEEP) {
         pool[npool++] = p;
         return;
     }

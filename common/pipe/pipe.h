@@ -27,8 +27,9 @@ typedef struct fy_pipe_s {
     size_t cap;      /* what F_GETPIPE_SZ said */
 } fy_pipe_t;
 
-/* Splicing can be turned off (config `splice: false`, `ferry --no-splice`):
- * every caller then copies. On by default. */
+/* Splicing can be turned off (ferryd's `splice: false`, reloadable): every
+ * caller then copies, and the idle pipes are closed (one still holding
+ * bytes closes when drained). On by default. */
 void fy_pipe_enable(bool on);
 bool fy_pipe_enabled(void);
 

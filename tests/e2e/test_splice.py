@@ -9,6 +9,7 @@ Two tests are in the valgrind subset (pipes closed at exit, no fd left)."""
 
 import hashlib
 import os
+import signal
 import socket
 import threading
 import time
@@ -193,3 +194,24 @@ def test_stream_window_negotiated(relay, hello, ready, credit):
         s.close()
     finally:
         fake.close()
+
+
+def test_reload_to_splice_false_closes_idle_pipes(tunnel_factory, relay_factory):
+    """`splice: false` by reload: the workers close their idle pipes and
+    make no new ones; `splice: true` again splices again."""
+    relay = relay_factory()
+    t = tunnel_factory("reload", relay=relay)
+    base = relay_pipe_fds(relay)
+    assert download(t, 4 * MIB)[0] == 200
+    assert relay_pipe_fds(relay) > base, "no pipe was pooled after a spliced download"
+    for splice in (False, True):
+        since = os.path.getsize(relay.log_path)
+        relay.cfg["splice"] = splice
+        relay.write_config()
+        os.kill(relay.proc.pid, signal.SIGHUP)
+        poll(lambda: "configuration reloaded" in open(relay.log_path).read()[since:], wait(10),
+             what="the workers' reload")
+        if not splice:
+            assert relay_pipe_fds(relay) == base
+        assert download(t, 4 * MIB) == (200, pattern_sha256(4 * MIB), 4 * MIB)
+        assert (relay_pipe_fds(relay) > base) == splice
