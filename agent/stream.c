@@ -308,28 +308,20 @@ static int pump(fy_astream_t *s)
     return FY_OK;
 }
 
-/* Write the pipe's bytes to the service; false while some remain or the
- * stream closed. */
-static bool flush_pipe(fy_astream_t *s)
-{
-    while (s->pipe->len > 0) {
-        if (fy_pipe_drain(s->pipe, s->io.fd, s->pipe->len, false) < 0) {
-            if (errno != EAGAIN)
-                fy_astream_close(s, FY_MUX_RST_CANCEL, "write to the service failed");
-            return false;
-        }
-        s->sent_any = true;
-    }
-    fy_pipe_put(s->pipe);   /* an idle stream holds none */
-    s->pipe = NULL;
-    return true;
-}
-
 /* Write buffered bytes to the service and return their credit. */
 static void flush_out(fy_astream_t *s)
 {
-    if (s->pipe != NULL && !flush_pipe(s))
-        return;
+    if (s->pipe != NULL) {   /* the pipe's bytes go before out's */
+        ssize_t n = fy_pipe_flush(&s->pipe, s->io.fd);
+        if (n < 0) {
+            fy_astream_close(s, FY_MUX_RST_CANCEL, "write to the service failed");
+            return;
+        }
+        if (n > 0)
+            s->sent_any = true;
+        if (s->pipe != NULL)
+            return;
+    }
     for (;;) {
         ssize_t n;
         if (s->rewrite && fy_buf_len(&s->raw) > 0 && fy_buf_len(&s->out) < OUT_MAX && pump(s) != FY_OK)
@@ -421,10 +413,7 @@ fy_pipe_t *fy_astream_splice_pipe(fy_astream_t *s, uint8_t flags, size_t *max)
     if (s->closed || !s->connected || s->rewrite || s->fin_rx || (s->reused && !s->replay_lost)
         || (flags & FY_MUX_F_HEAD) || fy_buf_len(&s->out) > 0 || s->credit.recv <= 0)
         return NULL;
-    if (s->pipe == NULL && (s->pipe = fy_pipe_get()) == NULL)
-        return NULL;
-    *max = FY_MIN(*max, FY_MIN((size_t)s->credit.recv, fy_pipe_room(s->pipe)));
-    return s->pipe;
+    return fy_pipe_offer(&s->pipe, max, (uint64_t)s->credit.recv);
 }
 
 void fy_astream_on_spliced(fy_astream_t *s, size_t n)

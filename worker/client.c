@@ -554,7 +554,7 @@ static void body_passed(fy_client_t *c, size_t n)
  */
 static size_t write_through(fy_client_t *c, const uint8_t *p, size_t n)
 {
-    size_t take, done = 0;
+    size_t take, room, done = 0;
     ssize_t w;
 
     if (fy_buf_len(&c->out) > 0 || c->linger)
@@ -577,8 +577,9 @@ static size_t write_through(fy_client_t *c, const uint8_t *p, size_t n)
         fy_tun_consumed(&c->ac->tun, c->sid, &c->credit, (size_t)w);
         done = (size_t)w;
     }
-    if (done < take && (c->pipe != NULL || (c->pipe = fy_pipe_get()) != NULL)
-        && (w = write(c->pipe->wfd, p + done, FY_MIN(take - done, fy_pipe_room(c->pipe)))) > 0) {
+    room = take - done;
+    if (done < take && fy_pipe_offer(&c->pipe, &room, UINT64_MAX) != NULL
+        && (w = write(c->pipe->wfd, p + done, room)) > 0) {
         c->pipe->len += (size_t)w;
         body_passed(c, (size_t)w);
         fy_tun_consumed(&c->ac->tun, c->sid, &c->credit, (size_t)w);
@@ -627,11 +628,7 @@ fy_pipe_t *fy_client_splice_pipe(fy_client_t *c, size_t *max)
     default:
         return NULL;
     }
-    if (c->pipe == NULL && (c->pipe = fy_pipe_get()) == NULL)
-        return NULL;
-    take = FY_MIN(take, (uint64_t)c->credit.recv);
-    *max = (size_t)FY_MIN((uint64_t)*max, FY_MIN(take, (uint64_t)fy_pipe_room(c->pipe)));
-    return c->pipe;
+    return fy_pipe_offer(&c->pipe, max, FY_MIN(take, (uint64_t)c->credit.recv));
 }
 
 void fy_client_on_spliced(fy_client_t *c, size_t n)
@@ -767,29 +764,22 @@ void fy_client_on_credit(fy_client_t *c)
 
 /* --- writing to the client ------------------------------------------------- */
 
-/* Write the pipe's bytes (they go before out's); false while some remain
- * or the connection closed. Their credit went back when they entered the
- * pipe: kernel memory, bounded by its size, like the socket's own buffer. */
-static bool flush_pipe(fy_client_t *c)
-{
-    while (c->pipe->len > 0) {
-        ssize_t n = fy_pipe_drain(c->pipe, c->io.fd, c->pipe->len, false);
-        if (n < 0) {
-            if (errno != EAGAIN)
-                fy_client_close(c);
-            return false;
-        }
-        c->last_active = fy_ev_now(c->w->ev);
-    }
-    fy_pipe_put(c->pipe);   /* an idle connection holds none */
-    c->pipe = NULL;
-    return true;
-}
-
 static void flush_out(fy_client_t *c)
 {
-    if (c->pipe != NULL && !flush_pipe(c))
-        return;
+    /* The pipe's bytes go before out's. Their credit went back when they
+     * entered it: kernel memory, bounded by its size, like the socket's
+     * own buffer. */
+    if (c->pipe != NULL) {
+        ssize_t n = fy_pipe_flush(&c->pipe, c->io.fd);
+        if (n < 0) {
+            fy_client_close(c);
+            return;
+        }
+        if (n > 0)
+            c->last_active = fy_ev_now(c->w->ev);
+        if (c->pipe != NULL)
+            return;
+    }
     while (!c->closed) {
         size_t len = fy_buf_len(&c->out) - c->out_unscanned, credit;
         ssize_t n;

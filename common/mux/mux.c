@@ -19,6 +19,8 @@
 #include "fy.h"
 #include "mux/mux.h"
 
+#include "conf/conf.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -389,18 +391,16 @@ void fy_mux_credit_init_pair(fy_mux_credit_t *c, uint32_t send, uint32_t recv)
 
 int fy_mux_kv_window(const uint8_t *p, size_t len, uint32_t *w)
 {
-    size_t vl, i;
+    size_t vl;
     const char *v = fy_mux_kv_get(p, len, "window", &vl);
-    uint64_t n = 0;
+    char s[16];
+    uint64_t n;
 
-    if (v == NULL || vl == 0 || vl > 8)
+    if (v == NULL || vl >= sizeof(s))
         return FY_ERR;
-    for (i = 0; i < vl; i++) {
-        if (v[i] < '0' || v[i] > '9')
-            return FY_ERR;
-        n = n * 10 + (uint64_t)(v[i] - '0');
-    }
-    if (n < FY_MUX_STREAM_WINDOW || n > 16u * 1024 * 1024)
+    memcpy(s, v, vl);
+    s[vl] = '\0';
+    if (fy_conf_uint(s, FY_MUX_STREAM_WINDOW, 16u * 1024 * 1024, &n) != FY_OK)
         return FY_ERR;
     *w = (uint32_t)n;
     return FY_OK;

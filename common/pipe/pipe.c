@@ -96,6 +96,29 @@ ssize_t fy_pipe_drain(fy_pipe_t *p, int fd, size_t max, bool more)
     return n;
 }
 
+fy_pipe_t *fy_pipe_offer(fy_pipe_t **pp, size_t *max, uint64_t limit)
+{
+    if (*pp == NULL && (*pp = fy_pipe_get()) == NULL)
+        return NULL;
+    *max = (size_t)FY_MIN((uint64_t)*max, FY_MIN(limit, (uint64_t)fy_pipe_room(*pp)));
+    return *max > 0 ? *pp : NULL;
+}
+
+ssize_t fy_pipe_flush(fy_pipe_t **pp, int fd)
+{
+    size_t moved = 0;
+
+    while ((*pp)->len > 0) {
+        ssize_t n = fy_pipe_drain(*pp, fd, (*pp)->len, false);
+        if (n < 0)
+            return errno == EAGAIN ? (ssize_t)moved : -1;
+        moved += (size_t)n;
+    }
+    fy_pipe_put(*pp);
+    *pp = NULL;
+    return (ssize_t)moved;
+}
+
 void fy_pipe_pool_free(void)
 {
     while (npool > 0) {

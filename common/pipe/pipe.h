@@ -46,6 +46,21 @@ ssize_t fy_pipe_fill(fy_pipe_t *p, int fd, size_t max);
  * the socket pushes back). more: further bytes follow at once (SPLICE_F_MORE). */
 ssize_t fy_pipe_drain(fy_pipe_t *p, int fd, size_t max, bool more);
 
+/*
+ * A connection's pipe (*pp, made when NULL) with room for what it may take:
+ * *max is lowered to limit and to the room. NULL when there is no pipe to
+ * be had or no room in it.
+ */
+fy_pipe_t *fy_pipe_offer(fy_pipe_t **pp, size_t *max, uint64_t limit);
+
+/*
+ * Drain a connection's pipe to fd until it is empty or fd pushes back;
+ * an emptied pipe goes back to the pool (*pp = NULL: an idle connection
+ * holds none). Returns the bytes moved, or -1 with errno on an error
+ * other than EAGAIN.
+ */
+ssize_t fy_pipe_flush(fy_pipe_t **pp, int fd);
+
 /* Close the pooled pipes (process teardown). */
 void fy_pipe_pool_free(void);
 
