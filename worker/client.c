@@ -82,6 +82,7 @@ void fy_client_accept(fy_worker_t *w, fy_listener_t *l, int fd, const struct soc
 
     if (c == NULL)
         return;
+    c->accepted_here = true;
     /* Read at once (HAProxy's speculative read): a client that connects
      * sends its request right away, so it is usually here already. A
      * request handed to another worker then never enters our epoll set,
@@ -299,7 +300,12 @@ void fy_client_close(fy_client_t *c)
         fy_agentconn_unreserve(c->w);
     free(c->reg);   /* the master's answer finds no client and undoes the registration */
     c->reg = NULL;
-    fy_io_del(c->w->ev, &c->io);
+    /* A socket accepted here has no other descriptor; one handed over may
+     * still have the sender's for a moment after it arrives. */
+    if (c->accepted_here)
+        fy_io_forget(&c->io);
+    else
+        fy_io_del(c->w->ev, &c->io);
     fy_timer_stop(c->w->ev, &c->timer);
     if (c->io.fd >= 0)
         close(c->io.fd);
@@ -328,6 +334,21 @@ int fy_client_detach_fd(fy_client_t *c)
 }
 
 /*
+ * nginx's heuristic: a client that asked to close, whose request was read
+ * whole and who has sent nothing more, sends nothing more; a plain close()
+ * then ends with a FIN and saves the linger (shutdown, a wakeup, a read, two
+ * epoll_ctl). Bytes unread in the socket at close() would make it a reset
+ * that can destroy the answer on its way: one peek tells.
+ */
+static bool quiet(fy_client_t *c)
+{
+    uint8_t b;
+
+    /* Nothing there (EAGAIN), the client's FIN (0) or a dead socket: close. */
+    return c->read_whole && fy_buf_len(&c->in) == 0 && recv(c->io.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) <= 0;
+}
+
+/*
  * Finish a connection whose last response is written: half-close and read
  * what the client still sends for a moment (nginx's lingering close), so an
  * error response is not destroyed by a reset from unread request bytes.
@@ -336,7 +357,7 @@ static void finish(fy_client_t *c)
 {
     if (c->ac != NULL)
         fy_agentconn_end_stream(c, FY_MUX_RST_DONE);
-    if (c->peer_eof) {
+    if (c->peer_eof || quiet(c)) {
         fy_client_close(c);
         return;
     }
@@ -1154,6 +1175,7 @@ forward:
                                || (req.body == FY_H1_BODY_LENGTH && req.content_length > 0)))
         c->waiting_since = fy_ev_now(w->ev);
     fy_worker_count(w, c->ac->tunnel, 1, (uint64_t)hl, 0);
+    c->asked_close = (req.flags & FY_H1_F_CLOSE) != 0;
     if (req.flags & FY_H1_F_CLOSE)
         c->state = FY_C_DONE, c->close_after = true;
     if (req.body == FY_H1_BODY_CHUNKED) {
@@ -1167,10 +1189,21 @@ forward:
     } else if (req.flags & FY_H1_F_UPGRADE) {
         c->state = FY_C_UPGRADE;
     }
-    if ((req.flags & FY_H1_F_CLOSE) && c->state != FY_C_BODY)
+    if ((req.flags & FY_H1_F_CLOSE) && c->state != FY_C_BODY) {
         c->state = FY_C_DONE;
+        c->read_whole = !(req.flags & FY_H1_F_UPGRADE);
+    }
     c->close_after = c->close_after || (req.flags & FY_H1_F_CLOSE);
     return true;
+}
+
+/* The last byte of a request body went to the tunnel. */
+static void body_read(fy_client_t *c)
+{
+    c->state = c->close_after ? FY_C_DONE : FY_C_HEAD;
+    c->read_whole = c->asked_close;
+    if (c->waiting_since == 0 && c->pending > 0 && !c->resp_started)
+        c->waiting_since = fy_ev_now(c->w->ev);
 }
 
 /* Forward what `in` holds of a body or of tunnel bytes, within credit. */
@@ -1212,11 +1245,8 @@ static bool step_forward(fy_client_t *c)
     }
     fy_buf_consume(&c->in, n);
     fy_worker_count(c->w, c->ac->tunnel, 0, n, 0);
-    if (done) {
-        c->state = c->close_after ? FY_C_DONE : FY_C_HEAD;
-        if (c->waiting_since == 0 && c->pending > 0 && !c->resp_started)
-            c->waiting_since = fy_ev_now(c->w->ev);
-    }
+    if (done)
+        body_read(c);
     return n > 0 || done;
 }
 
@@ -1412,11 +1442,8 @@ static bool read_direct(fy_client_t *c)
     fy_tun_data_commit(&c->ac->tun, c->sid, &c->credit, (size_t)n);
     fy_worker_count(c->w, c->ac->tunnel, 0, (uint64_t)n, 0);
     c->last_active = fy_ev_now(c->w->ev);
-    if (c->state == FY_C_BODY && (c->body_left -= (uint64_t)n) == 0) {
-        c->state = c->close_after ? FY_C_DONE : FY_C_HEAD;
-        if (c->waiting_since == 0 && c->pending > 0 && !c->resp_started)
-            c->waiting_since = c->last_active;
-    }
+    if (c->state == FY_C_BODY && (c->body_left -= (uint64_t)n) == 0)
+        body_read(c);
     return true;
 }
 

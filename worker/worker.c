@@ -451,8 +451,8 @@ static void on_mailbox(fy_ev_t *ev, fy_io_t *io, uint32_t events)
             fy_log_warn("worker %d: dropped a malformed handoff message", w->index);
             continue;
         }
+        /* No TCP_NODELAY here: the worker that accepted the socket set it. */
         atomic_fetch_add_explicit(&w->rec->handoffs_received, 1, memory_order_relaxed);
-        fy_net_nodelay(fd);
         if (((const fy_handoff_hdr_t *)w->mailbox_buf)->flags & FY_HANDOFF_F_TLS_RAW)
             fy_tls_adopt_raw(w, fd, (const fy_handoff_hdr_t *)w->mailbox_buf);
         else

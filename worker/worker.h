@@ -143,6 +143,9 @@ struct fy_client_s {
     bool             peer_eof;
     bool             blocked;         /* waiting for stream or connection credit */
     bool             linger;          /* final response written: draining input before close */
+    bool             asked_close;     /* the request being read said Connection: close */
+    bool             read_whole;      /* ... and it was read whole, body and all */
+    bool             accepted_here;   /* io.fd is the socket's only descriptor (not handed over to us) */
     bool             tls;             /* the plaintext of a TLS session (tls.c): X-Forwarded-Proto https */
     char             sni_id[FY_ID_MAX + 1];   /* the tunnel the TLS SNI named, or "" */
     enum fy_client_state state;

@@ -104,6 +104,12 @@ void fy_io_del(fy_ev_t *ev, fy_io_t *io)
     }
 }
 
+void fy_io_forget(fy_io_t *io)
+{
+    io->added = false;
+    io->events = 0;
+}
+
 /* Heap helpers: slot is index + 1 so that 0 means "not armed". */
 static void heap_place(fy_ev_t *ev, size_t i, fy_timer_t *t)
 {

@@ -57,6 +57,10 @@ uint64_t fy_ev_now(const fy_ev_t *ev);
 int fy_io_set(fy_ev_t *ev, fy_io_t *io, uint32_t events) FY_MUST_USE;
 /* Remove io from the loop (call before closing its fd). */
 void fy_io_del(fy_ev_t *ev, fy_io_t *io);
+/* The same, for an fd about to be closed that is the only descriptor of
+ * its file (never dup'd, forked or passed): close() takes it out of epoll,
+ * so no epoll_ctl (nginx's NGX_CLOSE_EVENT). */
+void fy_io_forget(fy_io_t *io);
 /* Hand from's fd and registration over to to, with interest events: one
  * epoll_ctl where a removal and an addition would take two (a kept
  * connection changing owners). from is left out of the loop. */

@@ -4,6 +4,7 @@ connection, pipelining, HEAD, bodiless statuses, Expect: 100-continue."""
 import hashlib
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -132,3 +133,21 @@ def test_keepalive_through_requests_session(tunnel):
         r = tunnel.get("/echo?i=%d" % i)
         assert r.status_code == 200
         assert echo_headers(r.json(), "X-Tunnel-Id") == ["app"]
+
+
+def test_close_request_with_bytes_behind_it_gets_its_whole_answer(tunnel):
+    # A client that asked Connection: close but sends more while its answer
+    # is on the way is not closed at once: bytes unread at close() would
+    # reset the connection and could destroy the answer in the client's
+    # buffer. The relay half-closes and drains instead, so the client reads
+    # all 4 MiB late and then sees a clean end.
+    with tunnel.raw() as c:
+        c.send(build_request("GET", "/download?size=%d" % (4 << 20), tunnel.host, [("Connection", "close")]))
+        time.sleep(0.3)   # the relay has read the request and is stuck writing the answer
+        c.send(b"EXTRA BYTES THE CLIENT SHOULD NOT HAVE SENT")
+        time.sleep(0.3)
+        r = c.read_response()
+        assert r.status == 200, r
+        assert len(r.body) == 4 << 20
+        c.sock.settimeout(wait(5))
+        assert c.sock.recv(1) == b""

@@ -407,6 +407,39 @@ def test_eight_tunnels_four_workers_fresh_connections(relay_factory, agent_facto
     fds_back_to(workers, baseline)
 
 
+def test_close_requests_leave_no_socket_behind(relay_factory, agent_factory, named_origins):
+    """Clients that ask Connection: close, send nothing more and keep their
+    sockets open: each gets its whole answer and then a clean end (EOF, not
+    a reset), and the relay holds none of their sockets afterwards, whether
+    the worker that accepted it served it or handed it over (nginx closes
+    at once too; only a client that may still be sending gets the linger)."""
+    relay, workers, baseline = eight_tunnels(relay_factory, agent_factory, named_origins)
+    m0 = metrics(relay)
+    conns = []
+    try:
+        for i in range(48):
+            n = NAMES8[i % 8]
+            c = RawConn(relay.port)
+            conns.append((c, n))
+            if i % 3 == 2:   # a body read whole before the answer
+                c.send(build_request("POST", "/b%d" % i, relay.host(n), [("Connection", "close")],
+                                     body=os.urandom(100000)))
+            else:
+                c.send(build_request("GET", "/g%d" % i, relay.host(n), [("Connection", "close")]))
+        for c, n in conns:
+            check_answer(c.read_response(), n)
+            c.sock.settimeout(wait(5))
+            assert c.sock.recv(1) == b"", "bytes after the answer"
+        held = {w: fd_count(w) - baseline[w] for w in workers}
+        assert sum(max(0, v) for v in held.values()) <= 2, \
+            "sockets of closed-by-request clients still held by the workers: %s" % held
+    finally:
+        for c, _ in conns:
+            c.close()
+    h = handoff_counts(metrics(relay), m0)
+    assert h["sent"] > 0 and h["failed"] == 0, h
+
+
 @pytest.mark.valgrind
 def test_eight_tunnels_keepalive_alternating(relay_factory, agent_factory, named_origins):
     """Keep-alive connections whose every request names another tunnel than
