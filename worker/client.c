@@ -349,9 +349,10 @@ static bool quiet(fy_client_t *c)
 }
 
 /*
- * Finish a connection whose last response is written: half-close and read
- * what the client still sends for a moment (nginx's lingering close), so an
- * error response is not destroyed by a reset from unread request bytes.
+ * Finish a connection whose last response is written: close it when the
+ * client is done (quiet), else half-close and read what the client still
+ * sends for a moment (nginx's lingering close), so an error response is not
+ * destroyed by a reset from unread request bytes.
  */
 static void finish(fy_client_t *c)
 {
