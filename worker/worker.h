@@ -143,9 +143,6 @@ struct fy_client_s {
     bool             peer_eof;
     bool             blocked;         /* waiting for stream or connection credit */
     bool             linger;          /* final response written: draining input before close */
-    bool             asked_close;     /* the request being read said Connection: close */
-    bool             read_whole;      /* ... and it was read whole, body and all */
-    bool             accepted_here;   /* io.fd is the socket's only descriptor (not handed over to us) */
     bool             tls;             /* the plaintext of a TLS session (tls.c): X-Forwarded-Proto https */
     char             sni_id[FY_ID_MAX + 1];   /* the tunnel the TLS SNI named, or "" */
     enum fy_client_state state;
@@ -182,6 +179,9 @@ struct fy_client_s {
     uint64_t         upgrade_bits;    /* bit i: pending request i asked to upgrade */
     bool             resp_started;    /* bytes of the current response have arrived */
     bool             close_after;     /* close once the responses in flight are written */
+    bool             asked_close;     /* the request being read said Connection: close */
+    bool             read_whole;      /* ... and it was read whole, body and all */
+    bool             accepted_here;   /* io.fd is the socket's only descriptor (not handed over to us) */
     uint64_t         waiting_since;   /* ms: request sent and no response byte yet (0 = not waiting) */
     uint64_t         wait_until;      /* ms: FY_C_TUNNEL_WAIT / FY_C_HANDOFF deadline */
     uint16_t         hops;            /* times this connection was handed over */
