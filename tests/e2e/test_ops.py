@@ -551,8 +551,12 @@ def test_reload_applies_new_settings_and_keeps_tunnels(relay_factory, agent_fact
     relay.cfg["listen"] = ["127.0.0.1:%d" % new_port]
     relay.cfg["route_order"] = ["host", "path", "header", "query", "default"]
     relay.write_config()
-    reload_and_wait(relay, pidfile)
+    since = reload_and_wait(relay, pidfile)
     assert re.search(r"no longer listening on 127\.0\.0\.1:%d" % relay.port, relay.log())
+    # The port refuses once no process holds it: the master logs "applied"
+    # before each worker has closed its copy (slow under valgrind).
+    poll(lambda: len(re.findall(r"worker \d+: configuration reloaded", read_from(relay.log_path, since))) >= 2,
+         wait(10), what="both workers applied the reload")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", relay.port), timeout=wait(2)).close()
     assert get(new_port, "app.localhost:%d" % new_port).status == 200
