@@ -143,9 +143,10 @@ def test_close_request_with_bytes_behind_it_gets_its_whole_answer(tunnel):
     # all 4 MiB late and then sees a clean end.
     with tunnel.raw() as c:
         c.send(build_request("GET", "/download?size=%d" % (4 << 20), tunnel.host, [("Connection", "close")]))
-        time.sleep(0.3)   # the relay has read the request and is stuck writing the answer
+        while b"\r\n\r\n" not in c.buf:   # the answer has begun: the relay read the request
+            c._fill()
         c.send(b"EXTRA BYTES THE CLIENT SHOULD NOT HAVE SENT")
-        time.sleep(0.3)
+        time.sleep(0.3)   # the relay writes until our buffers fill, then waits for us
         r = c.read_response()
         assert r.status == 200, r
         assert len(r.body) == 4 << 20
