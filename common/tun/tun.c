@@ -477,10 +477,12 @@ static void process_input(fy_tun_t *t)
 /*
  * The read buffer is empty inside a DATA payload: move what of it the
  * stream's owner takes straight into its pipe. Returns the bytes moved,
- * 0 when it takes none (read as usual), -1 when the socket has nothing now
- * or the tunnel closed.
+ * 0 when it takes none (read *want bytes), -1 when the socket has nothing
+ * now or the tunnel closed. An owner that takes none at the payload's start
+ * is usually reading a response head: a small bite shows it the head, and
+ * the body behind it can still be spliced.
  */
-static ssize_t splice_in(fy_tun_t *t)
+static ssize_t splice_in(fy_tun_t *t, size_t *want)
 {
     fy_mux_hdr_t hdr;
     uint64_t left = fy_ws_reader_raw_left(&t->wsr);
@@ -493,7 +495,10 @@ static ssize_t splice_in(fy_tun_t *t)
         return 0;
     max = (size_t)left;
     if ((p = t->ops->splice_pipe(t, hdr.stream, t->in_data ? 0 : hdr.flags, &max)) == NULL || max == 0) {
-        t->splicing = false;
+        if (fy_mux_reader_data_left(&t->muxr, &hdr) == hdr.length)
+            *want = TUN_SPLICE_MIN;
+        else
+            t->splicing = false;
         return 0;
     }
     had = p->len;
@@ -526,27 +531,68 @@ static ssize_t splice_in(fy_tun_t *t)
 }
 
 /*
- * While payloads are spliced in: at the start of a message, peek at its
- * headers; when it opens with a DATA frame that can be spliced, read only
- * the headers, so the whole payload can follow by splice. Returns how much
- * to read.
+ * The offset just past the DATA header whose payload can be spliced, when
+ * the first or the second frame at p[off..n) is such a DATA frame, with at
+ * least TUN_SPLICE_MIN of its payload inside this WebSocket frame (which
+ * ends at limit); else 0 and, in *second, how many bytes would show the
+ * second frame's header.
+ */
+static size_t spliceable_data(const uint8_t *p, size_t n, size_t off, uint64_t limit, size_t *second)
+{
+    uint32_t len;
+    int i;
+
+    *second = 0;
+    for (i = 0; i < 2 && off + FY_MUX_HDR <= n; i++) {
+        len = fy_mux_get_u32(p + off + 6);
+        if (p[off] == FY_MUX_DATA && len >= TUN_SPLICE_MIN)
+            return off + FY_MUX_HDR + TUN_SPLICE_MIN <= limit ? off + FY_MUX_HDR : 0;
+        off += FY_MUX_HDR + (size_t)len;
+    }
+    if (i == 1 && off + FY_MUX_HDR + TUN_SPLICE_MIN <= limit)
+        *second = off + FY_MUX_HDR;
+    return 0;
+}
+
+/*
+ * While payloads are spliced in: at a frame boundary, peek at the headers
+ * ahead; when a DATA frame that can be spliced comes next, or right after
+ * one small frame (the tail of another stream's body, a WINDOW: a sender
+ * batches the frames of several streams into one message), read only up
+ * to its payload, so that the whole payload can follow by splice. At the
+ * start of a message the WebSocket header comes first; inside one, the
+ * message's payload must be unmasked. Returns how much to read.
  */
 static size_t header_bite(fy_tun_t *t)
 {
-    uint8_t p[FY_WS_MAX_HEADER + FY_MUX_HDR];
-    uint64_t plen;
+    uint8_t p[FY_WS_MAX_HEADER + 2 * FY_MUX_HDR + TUN_SPLICE_MIN];
+    size_t off = 0, at, second;
+    uint64_t limit, plen;
     bool zero_key;
-    size_t hl;
     ssize_t n;
 
-    if (!fy_ws_reader_at_header(&t->wsr) || !fy_mux_reader_at_boundary(&t->muxr))
+    if (!fy_mux_reader_at_boundary(&t->muxr))
         return TUN_READ_SIZE;
-    n = recv(t->io.fd, p, sizeof(p), MSG_PEEK);
+    if (fy_ws_reader_at_header(&t->wsr)) {
+        n = recv(t->io.fd, p, FY_WS_MAX_HEADER + FY_MUX_HDR, MSG_PEEK);
+        if (n > 0 && (off = fy_ws_peek_header(p, (size_t)n, &plen, &zero_key)) > 0 && zero_key)
+            limit = off + plen;
+        else
+            limit = 0;
+    } else {
+        limit = fy_ws_reader_raw_left(&t->wsr);
+        n = limit >= FY_MUX_HDR + TUN_SPLICE_MIN ? recv(t->io.fd, p, FY_MUX_HDR, MSG_PEEK) : 0;
+    }
+    if (n > 0 && limit > 0) {
+        if ((at = spliceable_data(p, (size_t)n, off, limit, &second)) > 0)
+            return at;
+        if (second > 0 && second <= sizeof(p)
+            && (n = recv(t->io.fd, p, second, MSG_PEEK)) == (ssize_t)second
+            && (at = spliceable_data(p, (size_t)n, off, limit, &second)) > 0)
+            return at;
+    }
     if (n < 0 && errno == EAGAIN)
         return TUN_READ_SIZE;   /* nothing yet: the read will say so */
-    if (n > 0 && (hl = fy_ws_peek_header(p, (size_t)n, &plen, &zero_key)) > 0 && zero_key
-        && (size_t)n >= hl + FY_MUX_HDR && p[hl] == FY_MUX_DATA && plen >= FY_MUX_HDR + TUN_SPLICE_MIN)
-        return hl + FY_MUX_HDR;
     t->splicing = false;
     return TUN_READ_SIZE;   /* a read says what the peek could not (EOF, error) */
 }
@@ -567,12 +613,12 @@ static void on_io(fy_ev_t *ev, fy_io_t *io, uint32_t events)
         size_t want = TUN_READ_SIZE;
         ssize_t n;
         if (fy_buf_len(&t->in) == 0) {
-            if ((n = splice_in(t)) != 0) {
+            if ((n = splice_in(t, &want)) != 0) {
                 if (n < 0)
                     break;
                 continue;
             }
-            if (t->splicing && (want = header_bite(t)) < TUN_READ_SIZE)
+            if (want == TUN_READ_SIZE && t->splicing && (want = header_bite(t)) < TUN_READ_SIZE)
                 reads--;   /* a few header bytes: not a read that counts */
         }
         if (fy_buf_reserve(&t->in, want, TUN_IN_MAX) != FY_OK) {

@@ -1495,8 +1495,10 @@ class FakeAgent:
         if not self.head.startswith("HTTP/1.1 101"):
             raise AssertionError("upgrade refused: %r" % self.head)
 
-    def send_frames(self, *frames):
-        """One masked binary WebSocket message carrying the mux frames."""
+    def send_frames(self, *frames, zero_key=False):
+        """One masked binary WebSocket message carrying the mux frames
+        (zero_key: the all-zero masking key, as ferry's agent sends, so
+        the relay may splice the payload)."""
         payload = b"".join(frames)
         n = len(payload)
         if n < 126:
@@ -1505,6 +1507,9 @@ class FakeAgent:
             hdr = struct.pack(">BBH", 0x82, 0x80 | 126, n)
         else:
             hdr = struct.pack(">BBQ", 0x82, 0x80 | 127, n)
+        if zero_key:
+            self.sock.sendall(hdr + bytes(4) + payload)
+            return
         mask = os.urandom(4)
         m = (mask * (n // 4 + 1))[:n]
         masked = (int.from_bytes(payload, "big") ^ int.from_bytes(m, "big")).to_bytes(n, "big") if n else b""
