@@ -36,10 +36,13 @@
 # (DESIGN.md "The handoff"). The direct row has no TLS and shows n/a.
 #
 # Rows: direct (the origin), nginx (one hop), ferry (1 worker: the tunnel's
-# owner takes every connection), ferry4w (4 workers: with one busy tunnel
-# its owner takes most connections while the others pause accepting,
-# worker.c take_turns; in 1k-close-4t the four tunnels sit on different
-# workers and about 3 connections in 4 are handed to their owner).
+# owner takes every connection), ferryauto (`workers: auto`, one per CPU:
+# with one busy tunnel its owner takes most connections while the others
+# pause accepting, worker.c take_turns; in 1k-close-4t the four tunnels sit
+# on the workers and a connection lands on a worker that does not hold its
+# tunnel about (N-1)/N of the time: the handoff path), ferry4w (4 workers
+# whatever the CPUs, only in the loads of FERRY_BENCH_4W_LOADS, default
+# 1k-close-4t: on a 2-CPU machine, handoffs with more workers than CPUs).
 #
 # Columns: req/s; MB/s (MiB: response bytes, for the upload the bodies
 # sent); p50/p99/p99.9 latency (ms; wrk's histogram through tools/bench.lua,
@@ -49,7 +52,9 @@
 # run, CLK_TCK from getconf); peak RSS (VmHWM, reset through
 # /proc/PID/clear_refs before each run) of the relay's processes (summed)
 # and of the agent, in MiB; ratios of req/s to direct, to nginx, and
-# ferry4w to ferry.
+# ferryauto and ferry4w to ferry; handed: the share of requests (for
+# Connection: close, of connections) that were handed to another worker
+# (ferry_handoffs_total{outcome="sent"} before and after the run).
 #
 # Then the noise-free figure (tools/bench_callgrind.sh): instructions per
 # proxied request of ferryd's worker, the agent and nginx's worker under
@@ -57,7 +62,8 @@
 #
 # Knobs (environment): FERRY_BENCH_DURATION (seconds per run, default 4),
 # FERRY_BENCH_CALLGRIND=0 (skip the callgrind figure), FERRY_BENCH_LOADS
-# (space-separated subset of the loads above), FERRY_BENCH_LEAVE=1 (keep the
+# (space-separated subset of the loads above), FERRY_BENCH_4W_LOADS (the
+# loads the ferry4w row runs; empty: none), FERRY_BENCH_LEAVE=1 (keep the
 # temp dir: configs, logs, raw outputs), FERRY_BENCH_FERRYD / _FERRY /
 # _ORIGIN / _NGINX / _WS (binaries; defaults ./ferryd, ./ferry,
 # $FERRY_BUILD/tools/origin, /usr/sbin/nginx, $FERRY_BUILD/tools/bench_ws;
@@ -83,7 +89,8 @@ ORIGIN=${FERRY_BENCH_ORIGIN:-$BUILD_DIR/tools/origin}
 BENCH_WS=${FERRY_BENCH_WS:-$BUILD_DIR/tools/bench_ws}
 NGINX=${FERRY_BENCH_NGINX:-/usr/sbin/nginx}
 LOADS=${FERRY_BENCH_LOADS:-1k-keepalive 1k-close 1k-close-4t 1m-keepalive 64k-upload 1k-c1000 ws-echo https-keepalive https-close}
-ROWS="direct nginx ferry ferry4w"
+ROWS="direct nginx ferry ferryauto ferry4w"
+LOADS_4W=${FERRY_BENCH_4W_LOADS-1k-close-4t}
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -159,9 +166,9 @@ alive() { kill -0 "${PIDS[-1]}" 2>/dev/null; }
 # process could take one before our server binds it; that shows up as a
 # failed start, not a wrong number.
 read -r NGINX_PORT FERRY_PORT ADMIN_PORT FERRY4_PORT ADMIN4_PORT NGINX_TLS_PORT FERRY_TLS_PORT FERRY4_TLS_PORT \
-    < <("$PY" -c '
+    FERRYA_PORT ADMINA_PORT FERRYA_TLS_PORT < <("$PY" -c '
 import socket
-ss = [socket.socket() for _ in range(8)]
+ss = [socket.socket() for _ in range(11)]
 for s in ss:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in ss))
@@ -331,7 +338,13 @@ start_ferry() {
     done
 }
 start_ferry ferry 1 "$FERRY_PORT" "$ADMIN_PORT" "$FERRY_TLS_PORT"
-start_ferry ferry4w 4 "$FERRY4_PORT" "$ADMIN4_PORT" "$FERRY4_TLS_PORT"
+start_ferry ferryauto auto "$FERRYA_PORT" "$ADMINA_PORT" "$FERRYA_TLS_PORT"
+if [ -n "$LOADS_4W" ]; then
+    start_ferry ferry4w 4 "$FERRY4_PORT" "$ADMIN4_PORT" "$FERRY4_TLS_PORT"
+else
+    READY[ferry4w]=0
+fi
+declare -A ADMIN=([ferry]=$ADMIN_PORT [ferryauto]=$ADMINA_PORT [ferry4w]=$ADMIN4_PORT)
 RELAY_PID[nginx]=$NGINX_PID
 AGENT_PID[nginx]=
 RELAY_PID[direct]=
@@ -389,15 +402,26 @@ record() {
 
 kv() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" "$2" | tail -n 1; }
 
+# Connections the row's ferryd has handed to another worker so far (its
+# metrics); empty when the admin port does not answer.
+handoffs_sent() {
+    curl -s --max-time 2 "http://127.0.0.1:${ADMIN[$1]}/metrics" |
+        awk '/^ferry_handoffs_total\{outcome="sent"\}/ { n = $2 } END { if (n != "") print n }' || true
+}
+
 # run LOAD ROW: one run, one result line.
 run() {
     local load=$1 row=$2 out port url relay agent r0 a0 o0 r1 a1 o1 reqs dur bytes errs serrs
-    local p50 p99 p999 rhwm= ahwm= rc=0
+    local p50 p99 p999 rhwm= ahwm= rc=0 h0= h1=
+    if [ "$row" = ferry4w ]; then
+        case " $LOADS_4W " in *" $load "*) ;; *) return 0 ;; esac
+    fi
     out="$TMP/run.$load.$row.txt"
     case $row in
     direct) port=$ORIGIN_PORT ;;
     nginx) port=$NGINX_PORT ;;
     ferry) port=$FERRY_PORT ;;
+    ferryauto) port=$FERRYA_PORT ;;
     ferry4w) port=$FERRY4_PORT ;;
     esac
     url="http://127.0.0.1:$port"
@@ -408,6 +432,7 @@ run() {
             return 0 ;;
         nginx) url="https://127.0.0.1:$NGINX_TLS_PORT" ;;
         ferry) url="https://127.0.0.1:$FERRY_TLS_PORT" ;;
+        ferryauto) url="https://127.0.0.1:$FERRYA_TLS_PORT" ;;
         ferry4w) url="https://127.0.0.1:$FERRY4_TLS_PORT" ;;
         esac
     fi
@@ -423,6 +448,7 @@ run() {
     # shellcheck disable=SC2086 # a list of pids
     a0=$(cpu_ticks_all "$agent" ${EXTRA_AGENTS[$row]})
     o0=$(cpu_ticks "$ORIGIN_PID")
+    [ "$row" = ferryauto ] || [ "$row" = ferry4w ] && h0=$(handoffs_sent "$row")
     # The tools stop themselves after the duration; timeout only catches a
     # wedged run.
     case $load in
@@ -453,6 +479,7 @@ run() {
     # shellcheck disable=SC2086
     a1=$(cpu_ticks_all "$agent" ${EXTRA_AGENTS[$row]})
     o1=$(cpu_ticks "$ORIGIN_PID")
+    [ -n "$h0" ] && h1=$(handoffs_sent "$row")
     [ -n "$relay" ] && rhwm=$(hwm_kb "$relay")
     [ -n "$agent" ] && ahwm=$(hwm_kb "$agent")
 
@@ -488,7 +515,8 @@ run() {
         "errors=$errs" "status_errors=$serrs" "p50_us=$p50" "p99_us=$p99" "p999_us=$p999" \
         "relay_ticks=$([ -n "$relay" ] && echo $((r1 - r0)))" \
         "agent_ticks=$([ -n "$agent" ] && echo $((a1 - a0)))" \
-        "origin_ticks=$((o1 - o0))" "relay_hwm_kb=$rhwm" "agent_hwm_kb=$ahwm"
+        "origin_ticks=$((o1 - o0))" "relay_hwm_kb=$rhwm" "agent_hwm_kb=$ahwm" \
+        "handoffs=$([ -n "$h0" ] && [ -n "$h1" ] && echo $((h1 - h0)))"
     say "$load $row: $(awk -v r="$reqs" -v d="$dur" 'BEGIN { if (d > 0) printf "%.0f/s", r * 1e6 / d }')," \
         "p99 $(awk -v v="$p99" 'BEGIN { printf "%.2f ms", v / 1000 }'), errors $((errs + serrs))"
 }
@@ -500,13 +528,12 @@ for load in $LOADS; do
     done
 done
 
-HANDOFFS=
-if [ "${READY[ferry4w]}" = 1 ]; then
-    HANDOFFS=$(curl -s --max-time 2 "http://127.0.0.1:$ADMIN4_PORT/metrics" |
-        awk '/^ferry_handoffs_total/ { printf "%s ", $0 }' || true)
+AUTO_WORKERS=
+if [ "${READY[ferryauto]}" = 1 ]; then
+    AUTO_WORKERS=$(pgrep -c -P "${RELAY_PID[ferryauto]}" || true)
 fi
 record "meta" "duration_s=$DURATION" "cpus=$(nproc)" "loadavg_before=$LOADAVG" "clk_tck=$CLK_TCK" \
-    "hwm_reset=$([ "$HWM_NORESET" = 1 ] && echo no || echo yes)" "handoffs=$HANDOFFS" \
+    "hwm_reset=$([ "$HWM_NORESET" = 1 ] && echo no || echo yes)" "auto_workers=$AUTO_WORKERS" \
     "ferryd=$FERRYD" "ferry=$FERRY" "nginx=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')" \
     "wrk=$(wrk -v 2>&1 | head -n 1 | cut -d' ' -f2)" \
     "commit=${FERRY_BENCH_SOURCE:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(

@@ -23,7 +23,8 @@ import sys
 
 LOADS = ["1k-keepalive", "1k-close", "1k-close-4t", "1m-keepalive", "64k-upload", "1k-c1000", "ws-echo", "https-keepalive",
          "https-close"]
-ROWS = ["direct", "nginx", "ferry", "ferry4w"]
+ROWS = ["direct", "nginx", "ferry", "ferryauto", "ferry4w"]
+MULTI = ("ferryauto", "ferry4w")   # several workers: the handoff path
 CG_WHAT = ("instructions per proxied request under valgrind --tool=callgrind (user space only: "
            "the kernel's work in syscalls is not counted): (total(2N) - total(N)) / N over N and 2N "
            "sequential GET /1k (1 KiB) from tools/bench_reqs, keep-alive on one connection, and "
@@ -124,6 +125,10 @@ def derive(runs, meta):
         for who in ("relay", "agent"):
             h = num(r.get(who + "_hwm_kb"))
             d[who + "_peak_rss_kb"] = h
+        h = num(r.get("handoffs"))
+        if d["row"] in MULTI and h is not None and reqs > 0:
+            d["handoffs"] = h
+            d["handed_percent"] = round(h / reqs * 100, 1)
         out.append(d)
     by = {(d["load"], d["row"]): d for d in out}
     for d in out:
@@ -137,9 +142,9 @@ def derive(runs, meta):
             return round(d["rps"] / o["rps"], 2)
         if d["row"] != "direct":
             d["vs_direct"] = ratio("direct")
-        if d["row"] in ("ferry", "ferry4w"):
+        if d["row"].startswith("ferry"):
             d["vs_nginx"] = ratio("nginx")
-        if d["row"] == "ferry4w":
+        if d["row"] in MULTI:
             d["vs_1w"] = ratio("ferry")
     return out
 
@@ -189,9 +194,9 @@ def fmt(v, spec):
 
 def table(runs, meta, cgres, suite_seconds):
     lines = []
-    hdr = ("%-15s %-8s %9s %8s %7s %7s %8s %6s %10s %10s %9s %9s %6s %6s %6s" %
+    hdr = ("%-15s %-9s %9s %8s %7s %7s %8s %6s %10s %10s %9s %9s %6s %6s %6s %6s" %
            ("load", "row", "req/s", "MB/s", "p50 ms", "p99 ms", "p99.9 ms", "errors",
-            "relay cpu", "agent cpu", "relay MB", "agent MB", "vs dir", "vs ngx", "vs 1w"))
+            "relay cpu", "agent cpu", "relay MB", "agent MB", "vs dir", "vs ngx", "vs 1w", "handed"))
     lines.append(hdr)
     prev = None
     for d in runs:
@@ -199,7 +204,7 @@ def table(runs, meta, cgres, suite_seconds):
             lines.append("")
         prev = d["load"]
         if d["status"] != "ok":
-            lines.append("%-15s %-8s %s: %s" % (d["load"], d["row"], d["status"], d.get("why", "")))
+            lines.append("%-15s %-9s %s: %s" % (d["load"], d["row"], d["status"], d.get("why", "")))
             continue
 
         def mib(kb):
@@ -207,12 +212,13 @@ def table(runs, meta, cgres, suite_seconds):
 
         def x(v):
             return "" if v is None else "%.2fx" % v
-        lines.append("%-15s %-8s %9s %8s %7s %7s %8s %6s %10s %10s %9s %9s %6s %6s %6s" % (
+        lines.append("%-15s %-9s %9s %8s %7s %7s %8s %6s %10s %10s %9s %9s %6s %6s %6s %6s" % (
             d["load"], d["row"], fmt(d["rps"], ".0f"), fmt(d["mib_per_s"], ".1f"),
             fmt(d["p50_ms"], ".2f"), fmt(d["p99_ms"], ".2f"), fmt(d["p999_ms"], ".2f"),
             d["errors"], fmt(d["relay_cpu_s_per_10k"], ".3f"), fmt(d["agent_cpu_s_per_10k"], ".3f"),
             fmt(mib(d["relay_peak_rss_kb"]), ".1f"), fmt(mib(d["agent_peak_rss_kb"]), ".1f"),
-            x(d.get("vs_direct")), x(d.get("vs_nginx")), x(d.get("vs_1w"))))
+            x(d.get("vs_direct")), x(d.get("vs_nginx")), x(d.get("vs_1w")),
+            "" if d.get("handed_percent") is None else "%.0f%%" % d["handed_percent"]))
     lines.append("")
     lines.append("req/s: requests (ws-echo: echoed messages) per second; MB/s: MiB of response bodies and heads "
                  "(64k-upload: of request bodies; ws-echo: of echoed payload);")
@@ -220,12 +226,12 @@ def table(runs, meta, cgres, suite_seconds):
                  "cpu = CPU seconds per "
                  "10k requests; MB = peak RSS (VmHWM, MiB) during the run%s;" %
                  ("" if meta.get("hwm_reset", "yes") == "yes" else " (NOT reset per run: peak since start)"))
-    lines.append("vs dir / vs ngx: req/s over direct's / nginx's in the same load; vs 1w: ferry4w over ferry "
-                 "(ferry4w = 4 workers: with one busy tunnel its owner takes most connections and the others "
-                 "pause; 1k-close-4t spreads four tunnels over the workers, so about 3 in 4 connections are "
-                 "handed to their tunnel's owner).")
-    if meta.get("handoffs"):
-        lines.append("handoffs (ferry4w): " + meta["handoffs"].strip())
+    lines.append("vs dir / vs ngx: req/s over direct's / nginx's in the same load; vs 1w: over ferry's "
+                 "(1 worker); ferryauto = workers: auto (%s workers here): with one busy tunnel its owner takes "
+                 "most connections and the others pause; 1k-close-4t spreads four tunnels over the workers, "
+                 "the handoff path; ferry4w = 4 workers whatever the CPUs (1k-close-4t only: more workers than "
+                 "CPUs); handed = requests (close: connections) handed to the tunnel's owner by another worker."
+                 % (meta.get("auto_workers") or "?"))
     lines.append("")
     if cgres.get("status") == "ok":
         lines.append("instructions per request (callgrind, user space only; (total(2N) - total(N)) / N over N "
