@@ -402,12 +402,14 @@ record() {
 
 kv() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" "$2" | tail -n 1; }
 
-# Connections the row's ferryd has handed to another worker so far (its
-# metrics); empty when the admin port does not answer.
-handoffs_sent() {
+# metric ROW NAME: the value of NAME (a series name as /metrics prints it)
+# from the row's ferryd; empty when the admin port does not answer.
+metric() {
     curl -s --max-time 2 "http://127.0.0.1:${ADMIN[$1]}/metrics" |
-        awk '/^ferry_handoffs_total\{outcome="sent"\}/ { n = $2 } END { if (n != "") print n }' || true
+        awk -v name="$2" '$1 == name { n = $2 } END { if (n != "") print n }' || true
 }
+# Connections the row's ferryd has handed to another worker so far.
+handoffs_sent() { metric "$1" 'ferry_handoffs_total{outcome="sent"}'; }
 
 # run LOAD ROW: one run, one result line.
 run() {
@@ -448,7 +450,7 @@ run() {
     # shellcheck disable=SC2086 # a list of pids
     a0=$(cpu_ticks_all "$agent" ${EXTRA_AGENTS[$row]})
     o0=$(cpu_ticks "$ORIGIN_PID")
-    [ "$row" = ferryauto ] || [ "$row" = ferry4w ] && h0=$(handoffs_sent "$row")
+    case $row in ferryauto | ferry4w) h0=$(handoffs_sent "$row") ;; esac
     # The tools stop themselves after the duration; timeout only catches a
     # wedged run.
     case $load in
@@ -530,7 +532,7 @@ done
 
 AUTO_WORKERS=
 if [ "${READY[ferryauto]}" = 1 ]; then
-    AUTO_WORKERS=$(pgrep -c -P "${RELAY_PID[ferryauto]}" || true)
+    AUTO_WORKERS=$(metric ferryauto ferry_workers)
 fi
 record "meta" "duration_s=$DURATION" "cpus=$(nproc)" "loadavg_before=$LOADAVG" "clk_tck=$CLK_TCK" \
     "hwm_reset=$([ "$HWM_NORESET" = 1 ] && echo no || echo yes)" "auto_workers=$AUTO_WORKERS" \

@@ -18,11 +18,11 @@
  * hop; ferry on one box is two (the agent and the relay).
  */
 #include "fy.h"
+#include "net/net.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,11 +60,11 @@ static int dial(int port)
 {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    int s = socket(AF_INET, SOCK_STREAM, 0);
 
     if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof(a)) != 0)
         die("connect");
-    (void)setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    fy_net_nodelay(s);
     return s;
 }
 

@@ -486,16 +486,19 @@ static ssize_t splice_in(fy_tun_t *t, size_t *want)
 {
     fy_mux_hdr_t hdr;
     uint64_t left = fy_ws_reader_raw_left(&t->wsr);
+    uint32_t data_left;
     size_t max, had;
     fy_pipe_t *p;
     ssize_t n;
 
-    if (left < TUN_SPLICE_MIN || t->ops->splice_pipe == NULL
-        || (left = FY_MIN(left, fy_mux_reader_data_left(&t->muxr, &hdr))) < TUN_SPLICE_MIN)
+    if (left < TUN_SPLICE_MIN || t->ops->splice_pipe == NULL)
+        return 0;
+    data_left = fy_mux_reader_data_left(&t->muxr, &hdr);
+    if ((left = FY_MIN(left, data_left)) < TUN_SPLICE_MIN)
         return 0;
     max = (size_t)left;
     if ((p = t->ops->splice_pipe(t, hdr.stream, t->in_data ? 0 : hdr.flags, &max)) == NULL || max == 0) {
-        if (fy_mux_reader_data_left(&t->muxr, &hdr) == hdr.length)
+        if (data_left == hdr.length)
             *want = TUN_SPLICE_MIN;
         else
             t->splicing = false;
